@@ -1,0 +1,62 @@
+# Bunsui — every target sets itself up: a fresh clone needs only `make demo` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+BIN := $(VENV)/bin
+SAM := $(SAM_VENV)/bin/sam
+# pip warns about index folders of this machine's global config that do not exist; keep the log readable.
+PIP_QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export SAM_CLI_TELEMETRY := 0
+DEMO_PIPELINE := examples/ml-pipeline/ml-pipeline.yaml
+DEMO_PARAMETERS := model_name=customer_churn_model \
+	training_data_path=s3://data-bucket/customer_data.csv \
+	model_version=v1.1 \
+	hyperparameters='{"max_depth": 10, "n_estimators": 100}' \
+	evaluation_threshold=0.85
+
+.PHONY: demo test lint unit sam-validate clean lock
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	set -o pipefail; PIP_CONSTRAINT=requirements/constraints.txt $(BIN)/pip install -q -e '.[dev]' $(PIP_QUIET)
+	touch $@
+
+$(SAM_VENV)/.installed: requirements/sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	set -o pipefail; $(SAM_VENV)/bin/pip install -q -r requirements/sam.txt $(PIP_QUIET)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/bunsui pipeline validate --file $(DEMO_PIPELINE)
+	$(BIN)/bunsui pipeline plan --file $(DEMO_PIPELINE) --parameters $(DEMO_PARAMETERS)
+	$(BIN)/bunsui pipeline graph --file $(DEMO_PIPELINE) --format text
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest
+
+sam-validate: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(BIN)/cfn-lint template.yaml
+	$(SAM) validate --lint --template template.yaml
+	$(SAM) validate --region us-east-1 --template template.yaml
+
+test: lint unit sam-validate
+
+lock:
+	rm -rf .lock-venv .lock-venv-sam
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -U setuptools wheel && .lock-venv/bin/pip install -q -e '.[dev]'
+	{ echo "# Pinned versions for the project venv (.venv). Regenerate with: make lock"; \
+	  .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > requirements/constraints.txt
+	$(PYTHON) -m venv .lock-venv-sam && .lock-venv-sam/bin/pip install -q aws-sam-cli
+	{ echo "# Pinned SAM CLI and its dependencies for the tool venv (.venv-sam). Regenerate with: make lock"; \
+	  .lock-venv-sam/bin/pip freeze; } > requirements/sam.txt
+	rm -rf .lock-venv .lock-venv-sam
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+"""The ``bunsui`` command-line interface."""
+
+__version__ = "0.1.0"
