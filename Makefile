@@ -38,7 +38,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 unit: $(VENV)/.installed
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 sam-validate: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(BIN)/cfn-lint template.yaml

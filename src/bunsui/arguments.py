@@ -50,7 +50,9 @@ def parse_pairs(pairs: Sequence[str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
             raise ParameterInvalid(
-                pair, "is not name=value.", "write each parameter as name=value, e.g. model_version=v1.1."
+                pair,
+                "is not name=value.",
+                "write each parameter as name=value, e.g. model_version=v1.1.",
             )
         found[name.strip()] = value
     return found

@@ -18,8 +18,8 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.markup import escape
 from rich.console import Console
+from rich.markup import escape
 
 from bunsui import __version__
 from bunsui.arguments import expand_parameters, parse_pairs, read_parameters_file
@@ -93,8 +93,14 @@ def validate(file: FileOption, fmt: FormatOption = Format.TABLE) -> None:
         pipeline = read_pipeline(file)
     except PipelineInvalid as exc:
         if fmt is not Format.TABLE:
-            emit({"valid": False, "file": str(file),
-                  "problems": [p.to_dict() for p in exc.problems]}, fmt)
+            emit(
+                {
+                    "valid": False,
+                    "file": str(file),
+                    "problems": [p.to_dict() for p in exc.problems],
+                },
+                fmt,
+            )
         raise
     summary = {
         "valid": True,
@@ -169,16 +175,24 @@ def _print_job(out: Console, job: JobPlan) -> None:
     )
     notes = []
     if job.depends_on:
-        notes.append(f"after: {', '.join(job.depends_on)}"
-                     + (f" ({job.trigger_rule})" if job.trigger_rule != "all_success" else ""))
+        notes.append(
+            f"after: {', '.join(job.depends_on)}"
+            + (f" ({job.trigger_rule})" if job.trigger_rule != "all_success" else "")
+        )
     if job.condition is not None:
-        decided = "decided at run time" if job.condition_value is None else (
-            f"→ {str(job.condition_value).lower()}")
+        decided = (
+            "decided at run time"
+            if job.condition_value is None
+            else (f"→ {str(job.condition_value).lower()}")
+        )
         notes.append(f"condition: {job.condition} {decided}")
     if job.fan_out:
         count = job.fan_out["count"]
-        fan = f"fan-out: {count} runs" if count is not None else (
-            f"fan-out: over {job.fan_out.get('source')} (known at run time)")
+        fan = (
+            f"fan-out: {count} runs"
+            if count is not None
+            else (f"fan-out: over {job.fan_out.get('source')} (known at run time)")
+        )
         if job.fan_out.get("max_concurrency"):
             fan += f", {job.fan_out['max_concurrency']} at a time"
         notes.append(fan)
@@ -203,18 +217,25 @@ def _print_job(out: Console, job: JobPlan) -> None:
 @pipeline_app.command("graph")
 def graph(
     file: FileOption,
-    fmt: Annotated[GraphFormat, typer.Option("--format", help="Drawing format.")] = GraphFormat.TEXT,
+    fmt: Annotated[
+        GraphFormat, typer.Option("--format", help="Drawing format.")
+    ] = GraphFormat.TEXT,
 ) -> None:
     """Draw the job graph as text, Mermaid or Graphviz DOT."""
     pipeline = read_pipeline(file)
-    drawing = {GraphFormat.TEXT: draw_text, GraphFormat.MERMAID: draw_mermaid,
-               GraphFormat.DOT: draw_dot}[fmt](pipeline)
+    drawing = {
+        GraphFormat.TEXT: draw_text,
+        GraphFormat.MERMAID: draw_mermaid,
+        GraphFormat.DOT: draw_dot,
+    }[fmt](pipeline)
     sys.stdout.write(drawing + "\n")
 
 
 @pipeline_app.command("schema")
 def schema(
-    fmt: Annotated[SchemaFormat, typer.Option("--format", help="Output format.")] = SchemaFormat.JSON,
+    fmt: Annotated[
+        SchemaFormat, typer.Option("--format", help="Output format.")
+    ] = SchemaFormat.JSON,
 ) -> None:
     """Print the JSON Schema of pipeline files (for editor completion and checks)."""
     emit(pipeline_schema(), Format(fmt.value))

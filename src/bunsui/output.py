@@ -21,7 +21,7 @@ def console() -> Console:
     """stdout; 120 columns when it is not a terminal, so piped tables stay readable."""
     out = Console(highlight=False, soft_wrap=False)
     if not out.is_terminal:
-        out = Console(highlight=False, width=120, no_color=True)
+        out = Console(highlight=False, width=120, no_color=True, soft_wrap=True)
     return out
 
 

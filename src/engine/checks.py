@@ -100,7 +100,9 @@ def check_parameters(report: Report, params: dict[int, Parameter], raw: Any) -> 
 def _raw_names(raw: Any) -> list[tuple[int, str]]:
     items = raw if isinstance(raw, list) else []
     return [
-        (i, p["name"]) for i, p in enumerate(items) if isinstance(p, dict) and isinstance(p.get("name"), str)
+        (i, p["name"])
+        for i, p in enumerate(items)
+        if isinstance(p, dict) and isinstance(p.get("name"), str)
     ]
 
 
@@ -197,7 +199,9 @@ def check_graph(report: Report, jobs: Sequence[RawJob]) -> Graph | None:
                 report.add(
                     at,
                     f"unknown job '{dep}' in depends_on.",
-                    f"did you mean '{close}'?" if close else "use the id of a job of this pipeline.",
+                    f"did you mean '{close}'?"
+                    if close
+                    else "use the id of a job of this pipeline.",
                 )
             elif dep in seen:
                 report.add(at, f"'{dep}' is listed twice.", "remove the second one.")
@@ -274,11 +278,29 @@ class JobChecker:
             found = value_references(raw.get("parameters"))
         except ExpressionError as exc:
             inner = getattr(exc, "value_path", ())
-            self.report.add((*at, "parameters", *inner), f"invalid expression: {exc}",
-                            _syntax_hint(exc))
+            self.report.add(
+                (*at, "parameters", *inner), f"invalid expression: {exc}", _syntax_hint(exc)
+            )
             return
         for inner, ref in found:
             self._check_ref((*at, "parameters", *inner), job, ref, in_fan_out)
+
+    def check_syntax(self, index: int, raw: Any) -> None:
+        """For a job that did not validate: report at least its expression syntax errors."""
+        if not isinstance(raw, dict):
+            return
+        at: YamlPath = ("jobs", index)
+        if isinstance(raw.get("condition"), str):
+            try:
+                parse_condition(raw["condition"])
+            except ExpressionError as exc:
+                self.report.add((*at, "condition"), f"invalid condition: {exc}", _syntax_hint(exc))
+        for key in ("parameters", "for_each"):
+            try:
+                value_references(raw.get(key))
+            except ExpressionError as exc:
+                inner = getattr(exc, "value_path", ())
+                self.report.add((*at, key, *inner), f"invalid expression: {exc}", _syntax_hint(exc))
 
     def _check_retry(self, at: YamlPath, job: JobBase) -> None:
         if job.retry_max_delay is not None and job.retry_max_delay < job.retry_delay:
@@ -314,8 +336,11 @@ class JobChecker:
             if not fan.items:
                 self.report.add(items_at, "for_each has no items.", "list at least one item.")
             elif len(fan.items) > MAX_FAN_OUT:
-                self.report.add(items_at, f"for_each has {len(fan.items):,} items; "
-                                f"the limit is {MAX_FAN_OUT:,}.", "split the work.")
+                self.report.add(
+                    items_at,
+                    f"for_each has {len(fan.items):,} items; the limit is {MAX_FAN_OUT:,}.",
+                    "split the work.",
+                )
             self._check_values(items_at, job, fan.items)
         elif isinstance(fan.items, str):
             self._check_list_template(items_at, job, fan.items)
@@ -333,13 +358,17 @@ class JobChecker:
                 self._check_list_template((*at, key), job, values)
                 continue
             if not values:
-                self.report.add((*at, key), f"matrix key '{key}' has no values.",
-                                "list at least one value.")
+                self.report.add(
+                    (*at, key), f"matrix key '{key}' has no values.", "list at least one value."
+                )
             combinations *= max(len(values), 1)
             self._check_values((*at, key), job, values)
         if combinations > MAX_FAN_OUT:
-            self.report.add(at, f"the matrix makes {combinations:,} runs; "
-                            f"the limit is {MAX_FAN_OUT:,}.", "use fewer values.")
+            self.report.add(
+                at,
+                f"the matrix makes {combinations:,} runs; the limit is {MAX_FAN_OUT:,}.",
+                "use fewer values.",
+            )
 
     def _check_list_template(self, at: YamlPath, job: JobBase, text: str) -> None:
         try:
@@ -351,7 +380,7 @@ class JobChecker:
             self.report.add(
                 at,
                 "for_each given as text must be one ${...} that yields a list.",
-                "write e.g. for_each: \"${jobs.split.output.files}\", or give a YAML list.",
+                'write e.g. for_each: "${jobs.split.output.files}", or give a YAML list.',
             )
             return
         for ref in template.references():
@@ -360,18 +389,27 @@ class JobChecker:
                 continue
             kind = self._check_ref(at, job, ref, in_fan_out=False)
             param = self.params.get(ref.root)
-            if kind is NameKind.PARAMETER and param and not ref.path and param.type not in (
-                ParameterType.ARRAY,
+            if (
+                kind is NameKind.PARAMETER
+                and param
+                and not ref.path
+                and param.type not in (ParameterType.ARRAY,)
             ):
-                self.report.add(at, f"for_each needs a list; parameter '{ref.root}' is "
-                                f"{param.type.value}.", "use an array parameter.")
+                self.report.add(
+                    at,
+                    f"for_each needs a list; parameter '{ref.root}' is {param.type.value}.",
+                    "use an array parameter.",
+                )
 
     def _check_values(self, at: YamlPath, job: JobBase, values: list[Any]) -> None:
         try:
             found = value_references(values)
         except ExpressionError as exc:
-            self.report.add((*at, *getattr(exc, "value_path", ())), f"invalid expression: {exc}",
-                            _syntax_hint(exc))
+            self.report.add(
+                (*at, *getattr(exc, "value_path", ())),
+                f"invalid expression: {exc}",
+                _syntax_hint(exc),
+            )
             return
         for inner, ref in found:
             if ref.root in ("item", "item_index"):
@@ -387,21 +425,28 @@ class JobChecker:
             self._check_job_ref(at, job, ref)
         elif kind is NameKind.SESSION:
             if ref.path and ref.path[0] not in SESSION_FIELDS:
-                self.report.add(at, f"session has no field {ref.path[0]!r}.",
-                                f"use one of: {', '.join(SESSION_FIELDS)}.")
+                self.report.add(
+                    at,
+                    f"session has no field {ref.path[0]!r}.",
+                    f"use one of: {', '.join(SESSION_FIELDS)}.",
+                )
         elif kind is NameKind.UPSTREAM_OUTPUT:
             self._check_upstream_name(at, job, ref)
         elif kind is None and ref.root in ("item", "item_index"):
-            self.report.add(at, f"'{ref.root}' exists only in a job with for_each.",
-                            "add for_each to this job, or use another name.")
+            self.report.add(
+                at,
+                f"'{ref.root}' exists only in a job with for_each.",
+                "add for_each to this job, or use another name.",
+            )
         elif kind is None:
             close = suggest(ref.root, self.params)
             self.report.add(
                 at,
                 f"unknown name '{ref.root}': it is not a parameter, and job '{job.id}' has no "
                 "upstream jobs whose outputs could provide it.",
-                f"did you mean '{close}'?" if close else
-                "declare it under parameters:, or add the job that outputs it to depends_on.",
+                f"did you mean '{close}'?"
+                if close
+                else "declare it under parameters:, or add the job that outputs it to depends_on.",
             )
         return kind
 
@@ -412,8 +457,11 @@ class JobChecker:
         target = ref.path[0]
         if target not in self.models:
             close = suggest(target, self.models)
-            self.report.add(at, f"jobs.{target}: no job has the id '{target}'.",
-                            f"did you mean '{close}'?" if close else "")
+            self.report.add(
+                at,
+                f"jobs.{target}: no job has the id '{target}'.",
+                f"did you mean '{close}'?" if close else "",
+            )
             return
         if self.graph is not None and not self.graph.is_ancestor(target, of=job.id):
             self.report.add(
@@ -427,21 +475,35 @@ class JobChecker:
             return
         field, producer = ref.path[1], self.models[target]
         if field not in JOB_FIELDS:
-            self.report.add(at, f"jobs.{target} has no field {field!r}.",
-                            f"use one of: {', '.join(JOB_FIELDS)}.")
+            self.report.add(
+                at,
+                f"jobs.{target} has no field {field!r}.",
+                f"use one of: {', '.join(JOB_FIELDS)}.",
+            )
         elif field == "outputs" and producer.for_each is None:
-            self.report.add(at, f"jobs.{target}.outputs is the list of a fan-out's results, and "
-                            f"'{target}' has no for_each.", f"use jobs.{target}.output.")
+            self.report.add(
+                at,
+                f"jobs.{target}.outputs is the list of a fan-out's results, and "
+                f"'{target}' has no for_each.",
+                f"use jobs.{target}.output.",
+            )
         elif field == "output" and producer.for_each is not None:
-            self.report.add(at, f"'{target}' is a fan-out: its results are a list.",
-                            f"use jobs.{target}.outputs (one entry per item, in item order).")
+            self.report.add(
+                at,
+                f"'{target}' is a fan-out: its results are a list.",
+                f"use jobs.{target}.outputs (one entry per item, in item order).",
+            )
         elif field == "output" and len(ref.path) > 2 and isinstance(ref.path[2], str):
             declared = producer.declared_outputs
             if declared is not None and ref.path[2] not in declared:
                 close = suggest(ref.path[2], declared)
-                self.report.add(at, f"job '{target}' declares no output '{ref.path[2]}'.",
-                                f"did you mean '{close}'?" if close else
-                                f"its outputs are: {', '.join(declared)}.")
+                self.report.add(
+                    at,
+                    f"job '{target}' declares no output '{ref.path[2]}'.",
+                    f"did you mean '{close}'?"
+                    if close
+                    else f"its outputs are: {', '.join(declared)}.",
+                )
 
     def _check_upstream_name(self, at: YamlPath, job: JobBase, ref: Reference) -> None:
         if self.graph is None:
@@ -457,7 +519,9 @@ class JobChecker:
             at,
             f"unknown name '{ref.root}': it is not a parameter, and no upstream job of "
             f"'{job.id}' declares it in outputs.",
-            f"did you mean '{close}'?" if close else "declare it in the outputs of the upstream "
+            f"did you mean '{close}'?"
+            if close
+            else "declare it in the outputs of the upstream "
             "job that returns it, or as a parameter.",
         )
 

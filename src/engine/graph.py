@@ -70,7 +70,7 @@ class Graph:
                     iters.pop()
                     continue
                 if color[nxt] == grey:
-                    cycle = path[path.index(nxt) :] + [nxt]
+                    cycle = [*path[path.index(nxt):], nxt]
                     # Parent edges walk the cycle backwards; show it in run order.
                     return list(reversed(cycle))
                 if color[nxt] == white:

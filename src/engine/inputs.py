@@ -75,9 +75,7 @@ class JobScope:
                 return up.output[name]
         searched = ", ".join(up.job_id for up in self.upstream)
         where = f"the outputs of upstream jobs ({searched})" if searched else "no upstream outputs"
-        raise UnknownName(
-            name, f"name '{name}' is not a parameter and was not found in {where}"
-        )
+        raise UnknownName(name, f"name '{name}' is not a parameter and was not found in {where}")
 
 
 def job_inputs(job: JobBase, scope: Any, *, keep_unresolved: bool = False) -> dict[str, Any]:
@@ -124,11 +122,15 @@ def fan_out_items(fan: ForEach, scope: Any) -> list[Any]:
         UnknownName: it reads an upstream output not yet known (plan time).
     """
     if fan.matrix is not None:
-        axes = {key: _as_list(render_value(values, scope), f"for_each.matrix.{key}")
-                for key, values in fan.matrix.items()}
+        axes = {
+            key: _as_list(render_value(values, scope), f"for_each.matrix.{key}")
+            for key, values in fan.matrix.items()
+        }
         keys = list(axes)
-        return [dict(zip(keys, combo, strict=True))
-                for combo in itertools.product(*(axes[k] for k in keys))]
+        return [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(axes[k] for k in keys))
+        ]
     return _as_list(render_value(fan.items, scope), "for_each")
 
 

@@ -85,9 +85,7 @@ class NetworkConfiguration(StrictModel):
     """The ``awsvpc`` network of a task (required by Fargate)."""
 
     subnets: Annotated[list[NonEmptyStr], Field(min_length=1, max_length=16)]
-    security_groups: Annotated[list[NonEmptyStr], Field(max_length=5)] = Field(
-        default_factory=list
-    )
+    security_groups: Annotated[list[NonEmptyStr], Field(max_length=5)] = Field(default_factory=list)
     assign_public_ip: Annotated[AssignPublicIp, Lax] = AssignPublicIp.DISABLED
 
 
@@ -117,7 +115,9 @@ class EcsParameters(StrictModel):
         return self
 
 
-_STATE_MACHINE_ARN = re.compile(r"arn:[^:\s]+:states:[^:\s]*:[^:\s]*:stateMachine:[^:\s]+(:[^:\s]+)?")
+_STATE_MACHINE_ARN = re.compile(
+    r"arn:[^:\s]+:states:[^:\s]*:[^:\s]*:stateMachine:[^:\s]+(:[^:\s]+)?"
+)
 
 
 def _state_machine_arn(text: str) -> str:

@@ -78,8 +78,11 @@ def validate_pipeline(
     by_name = {param.name: param for param in params.values()}
     by_id = {job.id: job for job in reversed(jobs.values())}
     checker = JobChecker(report, by_name, graph, by_id)
-    for index, job in jobs.items():
-        checker.check(index, job, raw_job_list[index])
+    for index, raw in enumerate(raw_job_list if isinstance(raw_job_list, list) else []):
+        if index in jobs:
+            checker.check(index, jobs[index], raw)
+        else:
+            checker.check_syntax(index, raw)
     if report or head is None:
         raise PipelineInvalid(report.sorted() or [Problem("", "invalid pipeline.")], source)
     # Every part is validated above; building the model again would repeat that work.

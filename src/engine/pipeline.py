@@ -23,8 +23,8 @@ from engine.jobtypes import (
     EcsParameters,
     EmrParameters,
     GlueParameters,
-    Lax,
     LambdaParameters,
+    Lax,
     StepFunctionParameters,
     StrictModel,
 )
@@ -53,7 +53,7 @@ def _identifier(kind: str) -> Any:
 
 
 def _seconds(value: int | float | str) -> float:
-    """Durations: a number of seconds, or text such as ``90s``, ``15m``, ``2h``, ``1h30m``, ``1d``."""
+    """Durations: seconds, or text such as ``90s``, ``15m``, ``2h``, ``1h30m``, ``1d``."""
     if isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
         if not value.strip() or match is None:
@@ -121,9 +121,7 @@ class Parameter(StrictModel):
     default: Any = Field(default=None, description="Value when none is given; makes it optional.")
     description: str | None = None
     validation: ParameterValidation | None = None
-    secret: bool = Field(
-        default=False, description="Never printed, logged or stored in the clear."
-    )
+    secret: bool = Field(default=False, description="Never printed, logged or stored in the clear.")
 
     @property
     def has_default(self) -> bool:

@@ -104,8 +104,11 @@ def make_plan(pipeline: Pipeline, parameters: Mapping[str, Any]) -> Plan:
     that read one stay unrendered, so no value derived from a secret appears.
     """
     shown = redacted(pipeline.parameters, parameters)
-    public = {p.name: parameters[p.name] for p in pipeline.parameters
-              if not p.secret and p.name in parameters}
+    public = {
+        p.name: parameters[p.name]
+        for p in pipeline.parameters
+        if not p.secret and p.name in parameters
+    }
     params = {p.name: p for p in pipeline.parameters}
     graph = pipeline.graph
     outlooks: dict[str, Outlook] = {}
@@ -122,9 +125,7 @@ def make_plan(pipeline: Pipeline, parameters: Mapping[str, Any]) -> Plan:
     return Plan(pipeline.name, pipeline.version, shown, levels)
 
 
-def _plan_job(
-    job: JobBase, depth: int, public: dict[str, Any], params: Any, graph: Any
-) -> JobPlan:
+def _plan_job(job: JobBase, depth: int, public: dict[str, Any], params: Any, graph: Any) -> JobPlan:
     entry = JobPlan(
         id=job.id,
         name=job.display_name,
@@ -213,3 +214,17 @@ def _outlook(job: JobBase, entry: JobPlan, known: dict[str, Outlook]) -> Outlook
     return Outlook.RUNS
 
 
+def plan_document(
+    text: str, values: Mapping[str, Any] | None = None, source: str = "<pipeline>"
+) -> Plan:
+    """Load pipeline text, check the parameters and plan it: the whole of ``pipeline plan``.
+
+    Raises:
+        PipelineInvalid: the document has problems.
+        ParameterInvalid: a parameter is unknown, missing or breaks its rule.
+    """
+    from engine.loader import load_pipeline
+    from engine.parameters import resolve_parameters
+
+    pipeline = load_pipeline(text, source)
+    return make_plan(pipeline, resolve_parameters(pipeline.parameters, values or {}))

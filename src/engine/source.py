@@ -281,7 +281,9 @@ class _Builder:
                             event.start_mark,
                         )
                     )
-                self._check_tag(event, path, "map" if isinstance(event, yaml.MappingStartEvent) else "seq")
+                self._check_tag(
+                    event, path, "map" if isinstance(event, yaml.MappingStartEvent) else "seq"
+                )
                 container: dict[str, Any] | list[Any] = (
                     {} if isinstance(event, yaml.MappingStartEvent) else []
                 )
@@ -296,11 +298,15 @@ class _Builder:
                 if done.anchor:
                     self.anchors[done.anchor] = (done.value, done.size)
                 mark = self.source_map.values.get(done.path)
-                have_root, root = self._place(stack, done.value, done.size, None, have_root, root, mark)
+                have_root, root = self._place(
+                    stack, done.value, done.size, None, have_root, root, mark
+                )
                 continue
         if not have_root or root is None:
             raise _Abort(
-                Problem("", "the file is empty.", "start with: version: \"1.1\", name: ..., jobs: [...]")
+                Problem(
+                    "", "the file is empty.", 'start with: version: "1.1", name: ..., jobs: [...]'
+                )
             )
         return root
 
@@ -433,8 +439,12 @@ class _Builder:
             return explicit(value)
         except ValueError:
             self.problems.append(
-                self._problem(path, f"'{value}' is not a valid {tag.rsplit(':', 1)[-1]}.",
-                              "fix the value or remove the tag.", event.start_mark)
+                self._problem(
+                    path,
+                    f"'{value}' is not a valid {tag.rsplit(':', 1)[-1]}.",
+                    "fix the value or remove the tag.",
+                    event.start_mark,
+                )
             )
             return value
 

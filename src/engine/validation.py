@@ -121,10 +121,9 @@ def add_validation_errors(
 def _real_path(data: Any, loc: tuple[Any, ...], kind: str) -> YamlPath:
     node, path = data, []
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_mapping = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_mapping or in_list:
             path.append(part)
             node = node[part]
         elif kind == "missing" and i == len(loc) - 1 and isinstance(node, dict):
@@ -196,8 +195,11 @@ def _report_group(
             expected.append(word)
     if expected:
         wanted = " or ".join(expected)
-        report.add(where, f"expected {wanted}, got {kind_of(value)} {_show(value)}.",
-                   _type_hint(expected, value))
+        report.add(
+            where,
+            f"expected {wanted}, got {kind_of(value)} {_show(value)}.",
+            _type_hint(expected, value),
+        )
         return
     item = items[0]
     report.add(where, _rephrase(item["msg"], value))
