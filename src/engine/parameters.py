@@ -131,7 +131,7 @@ def _text_hint(param: Parameter) -> str:
         ParameterType.FLOAT: f"give a number, e.g. {param.name}=0.85.",
         ParameterType.BOOLEAN: f"give true or false, e.g. {param.name}=true.",
         ParameterType.ARRAY: f"give a JSON array in single quotes, e.g. {param.name}='[\"a\"]'.",
-        ParameterType.OBJECT: f"give a JSON object in single quotes, e.g. {param.name}='{{\"k\": 1}}'.",
+        ParameterType.OBJECT: f"give a JSON object in quotes, e.g. {param.name}='{{\"k\": 1}}'.",
     }.get(param.type, "")
 
 
