@@ -509,7 +509,7 @@ class JobChecker:
         if self.graph is None:
             return
         declared: list[str] = []
-        for ancestor in self.graph.ancestors(job.id):
+        for ancestor in self.graph.iter_ancestors(job.id):
             names = self.models[ancestor].declared_outputs
             if names is None or ref.root in names:
                 return

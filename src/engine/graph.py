@@ -9,7 +9,7 @@ order, so "is A upstream of B" is one AND.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 
 
@@ -70,7 +70,7 @@ class Graph:
                     iters.pop()
                     continue
                 if color[nxt] == grey:
-                    cycle = [*path[path.index(nxt):], nxt]
+                    cycle = [*path[path.index(nxt) :], nxt]
                     # Parent edges walk the cycle backwards; show it in run order.
                     return list(reversed(cycle))
                 if color[nxt] == white:
@@ -127,7 +127,7 @@ class Graph:
         try:
             return bool(self._ancestor_bits[of] >> self._index[candidate] & 1)
         except ValueError:
-            return candidate in self._walk_up(of)
+            return candidate in set(self.iter_ancestors(of))
 
     def ancestors(self, job: str) -> list[str]:
         """Every upstream job, nearest first (breadth-first over ``depends_on`` order).
@@ -135,25 +135,23 @@ class Graph:
         This is the order in which names used by a job are looked up in
         upstream outputs: the closest producer of a name wins.
         """
-        return self._walk_up(job)
+        return list(self.iter_ancestors(job))
+
+    def iter_ancestors(self, job: str) -> Iterator[str]:
+        """:meth:`ancestors`, lazily: a lookup that stops early walks only what it needs."""
+        return self._walk(job, self._parents)
 
     def descendants(self, job: str) -> list[str]:
         """Every downstream job, nearest first."""
-        return self._walk(job, self._children)
-
-    def _walk_up(self, job: str) -> list[str]:
-        return self._walk(job, self._parents)
+        return list(self._walk(job, self._children))
 
     @staticmethod
-    def _walk(job: str, edges: Mapping[str, list[str]]) -> list[str]:
+    def _walk(job: str, edges: Mapping[str, list[str]]) -> Iterator[str]:
         seen = {job}
-        found: list[str] = []
-        queue = deque(edges[job])
+        queue = deque([job])
         while queue:
-            node = queue.popleft()
-            if node in seen:
-                continue
-            seen.add(node)
-            found.append(node)
-            queue.extend(edges[node])
-        return found
+            for node in edges[queue.popleft()]:
+                if node not in seen:
+                    seen.add(node)
+                    queue.append(node)
+                    yield node
