@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from engine.errors import ExpressionError, ParameterInvalid
-from engine.expressions import Reference, parse_condition, parse_template, value_references
+from engine.expressions import Reference
+from engine.templates import parse_condition, parse_template, value_references
 from engine.graph import Graph
 from engine.parameters import PatternInvalid, check_value, compile_pattern
 from engine.pipeline import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import UnknownName
-from engine.expressions import render_value
+from engine.templates import render_value
 from engine.pipeline import ForEach, JobBase
 
 _UNSET: Any = object()

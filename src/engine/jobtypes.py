@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
-from engine.expressions import is_template
+from engine.templates import is_template
 
 
 class JobType(StrEnum):

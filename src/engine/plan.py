@@ -15,7 +15,8 @@ from typing import Any
 
 from engine.checks import NameKind, classify
 from engine.errors import ExpressionError, UnknownName
-from engine.expressions import Reference, parse_condition, truth, value_references
+from engine.expressions import Reference, truth
+from engine.templates import parse_condition, value_references
 from engine.inputs import JobScope, fan_out_items, job_inputs
 from engine.parameters import redacted
 from engine.pipeline import JobBase, Pipeline, TriggerRule
