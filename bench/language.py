@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from engine.errors import BunsuiError  # noqa: E402
-from engine.templates import parse_template  # noqa: E402
 from engine.loader import load_pipeline  # noqa: E402
 from engine.parameters import resolve_parameters  # noqa: E402
 from engine.pipeline import Parameter  # noqa: E402
 from engine.plan import make_plan  # noqa: E402
+from engine.templates import parse_template  # noqa: E402
 
 PRODUCT = (ROOT / "examples" / "ml-pipeline" / "ml-pipeline.yaml").read_text()
 PRODUCT_VALUES = {

@@ -16,9 +16,8 @@ from typing import Any
 
 from engine.errors import ExpressionError, ParameterInvalid
 from engine.expressions import Reference
-from engine.templates import parse_condition, parse_template, value_references
 from engine.graph import Graph
-from engine.parameters import PatternInvalid, check_value, compile_pattern
+from engine.parameters import MAX_INTEGER, PatternInvalid, check_value, compile_pattern
 from engine.pipeline import (
     MAX_FAN_OUT,
     RESERVED_NAMES,
@@ -28,6 +27,7 @@ from engine.pipeline import (
     ParameterType,
 )
 from engine.source import YamlPath
+from engine.templates import parse_condition, parse_template, value_references
 from engine.validation import Report, suggest
 
 SESSION_FIELDS = ("id", "pipeline", "pipeline_version", "started_at")
@@ -139,16 +139,18 @@ def _check_rules(report: Report, at: YamlPath, param: Parameter) -> None:
                     f"'{param.name}' is {kind.value}.",
                     f"remove {name}.",
                 )
+            elif isinstance(bound, float) and not math.isfinite(bound):
+                report.add((*where, name), f"{name} must be a finite number.")
+            elif isinstance(bound, int) and abs(bound) > MAX_INTEGER:
+                report.add((*where, name), f"{name} is out of range (at most ±{MAX_INTEGER}).")
             elif kind in (ParameterType.STRING, ParameterType.ARRAY) and (
-                bound < 0 or not float(bound).is_integer()
+                bound < 0 or (isinstance(bound, float) and not bound.is_integer())
             ):
                 report.add(
                     (*where, name),
                     f"{name} of a {kind.value} is a length: a whole number of 0 or more.",
                     f"set {name} to a whole number.",
                 )
-            elif not math.isfinite(bound):
-                report.add((*where, name), f"{name} must be a finite number.")
         if rules.min is not None and rules.max is not None and rules.min > rules.max:
             report.add(
                 (*where, "min"),
@@ -256,11 +258,13 @@ class JobChecker:
         params: dict[str, Parameter],
         graph: Graph | None,
         models: dict[str, JobBase],
+        known_ids: set[str],
     ) -> None:
         self.report = report
         self.params = params
         self.graph = graph
         self.models = models
+        self.known_ids = known_ids
 
     def check(self, index: int, job: JobBase, raw: dict[str, Any]) -> None:
         at: YamlPath = ("jobs", index)
@@ -456,6 +460,8 @@ class JobChecker:
             self.report.add(at, "'jobs' must be followed by a job id: ${jobs.<id>.output}.")
             return
         target = ref.path[0]
+        if target in self.known_ids and target not in self.models:
+            return  # an invalid job, reported already
         if target not in self.models:
             close = suggest(target, self.models)
             self.report.add(
@@ -511,7 +517,12 @@ class JobChecker:
             return
         declared: list[str] = []
         for ancestor in self.graph.iter_ancestors(job.id):
-            names = self.models[ancestor].declared_outputs
+            producer = self.models.get(ancestor)
+            if producer is None:
+                return  # invalid job, reported already: its outputs are unknown
+            if producer.for_each is not None:
+                continue  # a fan-out's results are a list under jobs.<id>.outputs, never names
+            names = producer.declared_outputs
             if names is None or ref.root in names:
                 return
             declared.extend(names)

@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import UnknownName
-from engine.templates import render_value
+from engine.errors import ExpressionError, UnknownName
 from engine.pipeline import ForEach, JobBase
+from engine.templates import render_value
+from engine.validation import kind_of
 
 _UNSET: Any = object()
 
@@ -78,36 +79,55 @@ class JobScope:
         raise UnknownName(name, f"name '{name}' is not a parameter and was not found in {where}")
 
 
+TYPED_FIELDS = frozenset({"payload", "input", "cpu", "memory"})
+"""Job parameters whose ``${...}`` keep the value's type; every other field is text."""
+
+
 def job_inputs(job: JobBase, scope: Any, *, keep_unresolved: bool = False) -> dict[str, Any]:
     """The job's ``parameters`` with templates rendered.
 
-    Environment variables (``environment`` of ecs/custom, batch
-    ``container_overrides.environment``) are strings: a value that resolves to
-    anything else becomes its JSON text (``{"max_depth": 10}``), a number its
-    decimal text.
+    ``payload`` (lambda) and ``input`` (step_function) are JSON documents: a
+    ``${...}`` that is the whole string keeps the value's type there, as do
+    ecs ``cpu``/``memory``. Every other field is text for its service
+    (function names, commands, arguments, environment variables): a value
+    that resolves to anything but a string is written as text there,
+    objects and lists as JSON (``{"max_depth": 10}``), numbers as digits.
 
     Raises:
         ExpressionError: an expression failed (the job fails, the engine does not).
     """
     params = getattr(job, "parameters")  # noqa: B009 - every job type has parameters
-    raw = params.model_dump(mode="json", exclude_unset=True)
-    rendered = render_value(raw, scope, keep_unresolved=keep_unresolved)
-    if isinstance(rendered.get("environment"), dict):
-        rendered["environment"] = _env(rendered["environment"])
-    overrides = rendered.get("container_overrides")
-    if isinstance(overrides, dict) and isinstance(overrides.get("environment"), dict):
-        overrides["environment"] = _env(overrides["environment"])
+    raw = params.model_dump(mode="python", exclude_unset=True)
+    rendered: dict[str, Any] = {}
+    for key, value in raw.items():
+        result = render_value(value, scope, keep_unresolved=keep_unresolved)
+        rendered[key] = (
+            result if key in TYPED_FIELDS else _as_text({key: value}, {key: result})[key]
+        )
     return rendered
 
 
-def _env(environment: dict[str, Any]) -> dict[str, str]:
-    return {key: env_text(value) for key, value in environment.items()}
+def _as_text(written: Any, rendered: Any) -> Any:
+    """Where the file wrote a string, the rendered value becomes text."""
+    if isinstance(written, str):
+        return env_text(rendered)
+    if isinstance(written, dict) and isinstance(rendered, dict):
+        return {
+            # Environment variables are text whatever the file wrote (FLAG: true -> "true").
+            key: {k: env_text(v) for k, v in rendered[key].items()}
+            if key == "environment" and isinstance(rendered[key], dict)
+            else _as_text(written[key], rendered[key])
+            for key in written
+        }
+    if isinstance(written, list) and isinstance(rendered, list):
+        return [_as_text(w, r) for w, r in zip(written, rendered, strict=True)]
+    return rendered
 
 
 def env_text(value: Any) -> str:
-    """How a value is written into an environment variable."""
+    """How a value is written where text is expected (an environment variable, an argument)."""
     if isinstance(value, str):
-        return value
+        return str(value)  # a plain str, also for enum members
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -135,8 +155,6 @@ def fan_out_items(fan: ForEach, scope: Any) -> list[Any]:
 
 
 def _as_list(value: Any, where: str) -> list[Any]:
-    from engine.errors import ExpressionError
-
     if not isinstance(value, list):
-        raise ExpressionError(f"{where} must yield a list, got {type(value).__name__}")
+        raise ExpressionError(f"{where} must yield a list, got {kind_of(value)}")
     return value

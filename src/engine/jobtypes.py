@@ -2,7 +2,8 @@
 
 Field names follow the service's API in snake_case, so a user who knows
 ``ecs.run_task`` or ``batch.submit_job`` recognises them. Every string may
-hold ``${...}`` templates; numeric fields take a number or a template.
+hold ``${...}`` templates; of the numeric fields, ecs ``cpu`` and
+``memory`` take a number or a template, the others a number.
 """
 
 from __future__ import annotations

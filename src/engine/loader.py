@@ -74,10 +74,12 @@ def validate_pipeline(
         if model is not None:
             jobs[index] = model
     check_parameters(report, params, raw_params)
-    graph = check_graph(report, raw_jobs(data, jobs))
+    readable = raw_jobs(data, jobs)
+    graph = check_graph(report, readable)
     by_name = {param.name: param for param in params.values()}
     by_id = {job.id: job for job in reversed(jobs.values())}
-    checker = JobChecker(report, by_name, graph, by_id)
+    known = {job.id for job in readable if job.id is not None}
+    checker = JobChecker(report, by_name, graph, by_id, known)
     for index, raw in enumerate(raw_job_list if isinstance(raw_job_list, list) else []):
         if index in jobs:
             checker.check(index, jobs[index], raw)

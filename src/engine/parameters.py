@@ -21,6 +21,9 @@ from pydantic_core import SchemaError
 from engine.errors import ParameterInvalid
 from engine.pipeline import Parameter, ParameterType
 
+MAX_INTEGER = 2**63 - 1
+"""Numbers beyond 64 bits cannot travel as JSON numbers to every service."""
+
 REDACTED = "******"
 """What a secret's value is shown as."""
 
@@ -91,7 +94,12 @@ def coerce_text(param: Parameter, text: str) -> Any:
     stripped = text.strip()
     if kind is ParameterType.INTEGER:
         try:
-            return int(stripped, 10)
+            # Bounded before int(): a 100,000-digit text is not worth converting.
+            if len(stripped.lstrip("+-")) > 20 and stripped.lstrip("+-").isdigit():
+                raise ParameterInvalid(
+                    param.name, f"{shown(param, text)} is out of range (at most ±{MAX_INTEGER})."
+                )
+            return check_type(param, int(stripped, 10))
         except ValueError:
             pass
     elif kind is ParameterType.FLOAT:
@@ -144,17 +152,7 @@ def check_type(param: Parameter, value: Any) -> Any:
         ParameterInvalid: the value has another type.
     """
     kind = param.type
-    ok = {
-        ParameterType.STRING: isinstance(value, str),
-        ParameterType.INTEGER: isinstance(value, int) and not isinstance(value, bool),
-        ParameterType.FLOAT: isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value),
-        ParameterType.BOOLEAN: isinstance(value, bool),
-        ParameterType.ARRAY: isinstance(value, list),
-        ParameterType.OBJECT: isinstance(value, dict),
-    }[kind]
-    if not ok:
+    if not _has_type(kind, value):
         hint = ""
         if kind is ParameterType.STRING and isinstance(value, (int, float, bool)):
             hint = f'quote it: "{json.dumps(value)}".'
@@ -163,9 +161,29 @@ def check_type(param: Parameter, value: Any) -> Any:
             f"{shown(param, value)} is {_kind_of(value)}, not {_TYPE_WORDS[kind]}.",
             hint,
         )
+    if isinstance(value, int) and abs(value) > MAX_INTEGER:
+        raise ParameterInvalid(
+            param.name, f"{shown(param, value)} is out of range (at most ±{MAX_INTEGER})."
+        )
     if kind is ParameterType.FLOAT:
         return float(value)
     return value
+
+
+def _has_type(kind: ParameterType, value: Any) -> bool:
+    if kind is ParameterType.STRING:
+        return isinstance(value, str)
+    if kind is ParameterType.INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is ParameterType.FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(value, int) or math.isfinite(value)
+    if kind is ParameterType.BOOLEAN:
+        return isinstance(value, bool)
+    if kind is ParameterType.ARRAY:
+        return isinstance(value, list)
+    return isinstance(value, dict)
 
 
 def _kind_of(value: Any) -> str:
@@ -259,9 +277,8 @@ def resolve_parameters(
             they win over ``values`` for the same name.
 
     Returns:
-        Every declared parameter with a value: given, or the default. A
-        parameter that is neither required nor given and has no default is
-        left out (an expression that reads it then fails, naming it).
+        Every declared parameter with a value: given, or the default; null
+        for an optional parameter given no value and having no default.
 
     Raises:
         ParameterInvalid: for the first unknown, missing or invalid parameter.
@@ -289,8 +306,12 @@ def resolve_parameters(
         if param.name in resolved:
             continue
         if param.has_default:
-            resolved[param.name] = param.default
-        elif param.required:
+            default = param.default
+            resolved[param.name] = default if default is None else check_type(param, default)
+        elif not param.required:
+            # Declared but not given: null, so ${name} never falls through to upstream outputs.
+            resolved[param.name] = None
+        else:
             raise ParameterInvalid(
                 param.name,
                 "is required and was not given.",

@@ -40,8 +40,16 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
+KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "null", "True", "False", "None"})
+"""Words of the expression language; a name spelled like one could never be read."""
+
+
 def _identifier(kind: str) -> Any:
     def check(text: str) -> str:
+        if text in KEYWORDS:
+            raise ValueError(
+                f"{kind} '{text}' is a word of the expression language; choose another"
+            )
         if not _IDENTIFIER.fullmatch(text):
             raise ValueError(
                 f"{kind} '{text}' is not an identifier: use letters, digits and '_', "

@@ -16,10 +16,10 @@ from typing import Any
 from engine.checks import NameKind, classify
 from engine.errors import ExpressionError, UnknownName
 from engine.expressions import Reference, truth
-from engine.templates import parse_condition, value_references
 from engine.inputs import JobScope, fan_out_items, job_inputs
 from engine.parameters import redacted
 from engine.pipeline import JobBase, Pipeline, TriggerRule
+from engine.templates import parse_condition, value_references
 
 
 class Outlook(StrEnum):
@@ -150,7 +150,9 @@ def _plan_job(job: JobBase, depth: int, public: dict[str, Any], params: Any, gra
             waiting.append(label)
 
     try:
-        for _, ref in value_references(getattr(job, "parameters").model_dump(mode="json")):  # noqa: B009
+        raw = getattr(job, "parameters").model_dump(mode="json")  # noqa: B009
+        fan_values = job.fan_out.model_dump(mode="json") if job.fan_out else None
+        for _, ref in [*value_references(raw), *value_references(fan_values)]:
             note(ref)
         entry.inputs = job_inputs(job, scope, keep_unresolved=True)
         if job.fan_out is not None:
@@ -186,7 +188,8 @@ def _fan_out(job: JobBase, scope: JobScope) -> dict[str, Any]:
     try:
         items = fan_out_items(fan, scope)
     except UnknownName:
-        summary.update(count=None, items=None, source=fan.items)
+        source = fan.items if fan.items is not None else {"matrix": fan.matrix}
+        summary.update(count=None, items=None, source=source)
     else:
         summary.update(count=len(items), items=items)
     return summary

@@ -14,6 +14,7 @@ timestamps (``2024-01-01`` stays a string).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,11 +120,12 @@ def read_document(path: str | Path) -> Document:
     name = str(path)
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_DOCUMENT_BYTES:
+                raise PipelineInvalid([_too_large(size)], name)
             raw = handle.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
-        raise PipelineInvalid(
-            [Problem("", "file not found.", "check the path given to --file.")], name
-        ) from None
+        raise PipelineInvalid([Problem("", "file not found.", "check the path.")], name) from None
     except IsADirectoryError:
         raise PipelineInvalid(
             [Problem("", "is a directory, not a pipeline file.", "give the path of a .yaml file.")],
@@ -143,18 +145,7 @@ def parse_document(text: str | bytes, name: str = "<pipeline>") -> Document:
     """
     size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_DOCUMENT_BYTES:
-        raise PipelineInvalid(
-            [
-                Problem(
-                    "",
-                    f"the file is {size / 1048576:.1f} MiB; pipeline files are limited to "
-                    f"{MAX_DOCUMENT_BYTES // 1048576} MiB.",
-                    "split the pipeline, or pass large data by reference (an S3 path) "
-                    "instead of inline.",
-                )
-            ],
-            name,
-        )
+        raise PipelineInvalid([_too_large(size)], name)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
@@ -185,6 +176,15 @@ def parse_document(text: str | bytes, name: str = "<pipeline>") -> Document:
     if builder.problems:
         raise PipelineInvalid(builder.problems, name)
     return Document(data, builder.source_map, name)
+
+
+def _too_large(size: int) -> Problem:
+    return Problem(
+        "",
+        f"the file is {size / 1048576:.1f} MiB; pipeline files are limited to "
+        f"{MAX_DOCUMENT_BYTES // 1048576} MiB.",
+        "split the pipeline, or pass large data by reference (an S3 path) instead of inline.",
+    )
 
 
 def _syntax_hint(message: str) -> str:
@@ -344,6 +344,8 @@ class _Builder:
         location: Location | None = None,
     ) -> tuple[bool, Any]:
         if not stack:
+            if mark is not None:
+                self._record((), mark)
             return True, value
         top = stack[-1]
         top.size += size
@@ -415,7 +417,11 @@ class _Builder:
         tag = event.tag
         plain, _ = event.implicit
         if tag in (None, "!") and plain and not event.style:
-            return _resolve_plain(value)
+            try:
+                return _resolve_plain(value)
+            except ValueError as exc:
+                self.problems.append(self._problem(path, f"{exc}.", _NUMBER_HINT, event.start_mark))
+                return value
         if tag in (None, *_STR_TAGS):
             return value
         explicit = {
@@ -437,11 +443,11 @@ class _Builder:
             return value
         try:
             return explicit(value)
-        except ValueError:
+        except ValueError as exc:
             self.problems.append(
                 self._problem(
                     path,
-                    f"'{value}' is not a valid {tag.rsplit(':', 1)[-1]}.",
+                    f"{exc}.",
                     "fix the value or remove the tag.",
                     event.start_mark,
                 )
@@ -480,6 +486,11 @@ def _location(mark: Any) -> Location:
     return Location(mark.line + 1, mark.column + 1)
 
 
+_NUMBER_HINT = 'quote it to keep it as text: "...".'
+MAX_INTEGER = 2**63 - 1
+"""Integers beyond 64 bits cannot travel as JSON numbers to every service."""
+
+
 def _resolve_plain(text: str) -> Any:
     if _NULL.fullmatch(text):
         return None
@@ -487,33 +498,41 @@ def _resolve_plain(text: str) -> Any:
         return _BOOL[text]
     if _INT.fullmatch(text) or _INT_OCT.fullmatch(text) or _INT_HEX.fullmatch(text):
         return _as_int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    if _INF.fullmatch(text):
-        return -math.inf if text.startswith("-") else math.inf
-    if _NAN.fullmatch(text):
-        return math.nan
+    if _FLOAT.fullmatch(text) or _INF.fullmatch(text) or _NAN.fullmatch(text):
+        return _as_float(text)
     return text
 
 
 def _as_int(text: str) -> int:
     cleaned = text.replace("_", "")
-    if cleaned.startswith(("0o", "0x")):
-        return int(cleaned, 0)
-    if len(cleaned) > 64:
-        raise ValueError(text)
-    return int(cleaned, 10)
+    digits = cleaned.lstrip("+-")
+    if len(digits) > 40:
+        raise ValueError(f"integer '{text[:20]}...' is out of range (at most {MAX_INTEGER})")
+    try:
+        number = int(cleaned, 0) if digits.startswith(("0o", "0x")) else int(cleaned, 10)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an integer") from None
+    if abs(number) > MAX_INTEGER:
+        raise ValueError(f"integer {text} is out of range (at most {MAX_INTEGER})")
+    return number
 
 
 def _as_float(text: str) -> float:
-    if _INF.fullmatch(text):
-        return -math.inf if text.startswith("-") else math.inf
-    if _NAN.fullmatch(text):
-        return math.nan
-    return float(text)
+    spelled = text
+    if _INF.fullmatch(text) or _NAN.fullmatch(text):
+        spelled = text.replace(".", "", 1)  # YAML's .inf / .nan spelling
+    try:
+        number = float(spelled)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(
+            f"'{text}' is not a finite number; infinity and NaN cannot be passed as JSON"
+        )
+    return number
 
 
 def _as_bool(text: str) -> bool:
     if text not in _BOOL:
-        raise ValueError(text)
+        raise ValueError(f"'{text}' is not true or false")
     return _BOOL[text]

@@ -115,6 +115,13 @@ def add_validation_errors(
         path = _real_path(data, item["loc"], item["type"])
         grouped.setdefault(path, []).append(item)
     for path, items in grouped.items():
+        # A union member that failed deeper (a misspelt field inside a mapping that is
+        # allowed) also makes the other members fail here with bare type errors: noise.
+        only_types = all(item["type"] in _EXPECTED for item in items)
+        if only_types and any(
+            len(other) > len(path) and other[: len(path)] == path for other in grouped
+        ):
+            continue
         _report_group(report, data, base, path, items, model)
 
 
@@ -177,6 +184,11 @@ def _report_group(
             message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             report.add(where, message.rstrip(".") + ".")
             return
+    for item in items:
+        if item["type"] not in _EXPECTED and item["type"] not in ("literal_error", "enum"):
+            # The value has a right type but breaks a constraint (>= 0, not empty, ...).
+            report.add(where, _rephrase(item["msg"], value))
+            return
     choices = [item for item in items if item["type"] in ("literal_error", "enum")]
     if choices:
         expected = choices[0].get("ctx", {}).get("expected", "")
@@ -197,12 +209,16 @@ def _report_group(
         wanted = " or ".join(expected)
         report.add(
             where,
-            f"expected {wanted}, got {kind_of(value)} {_show(value)}.",
+            f"expected {wanted}, got {_got(value)}.",
             _type_hint(expected, value),
         )
         return
     item = items[0]
     report.add(where, _rephrase(item["msg"], value))
+
+
+def _got(value: Any) -> str:
+    return "null" if value is None else f"{kind_of(value)} {_show(value)}"
 
 
 def _show(value: Any) -> str:
@@ -222,7 +238,11 @@ def _show(value: Any) -> str:
 
 
 def _type_hint(expected: list[str], value: Any) -> str:
-    if "a string" in expected and isinstance(value, (int, float, bool)):
+    if (
+        "a string" in expected
+        and "true or false" not in expected
+        and isinstance(value, (int, float, bool))
+    ):
         return f'quote it: "{_show(value)}".'
     if "a list" in expected and isinstance(value, str):
         return f"write a list: [{value}]."
@@ -251,8 +271,15 @@ JOB_TYPES = ("lambda", "ecs", "step_function", "glue", "batch", "emr", "custom")
 
 
 def _report_job_type(report: Report, where: YamlPath, job: Any) -> None:
-    kind = job.get("type") if isinstance(job, dict) else None
     listed = ", ".join(JOB_TYPES)
+    if not isinstance(job, dict):
+        report.add(
+            where,
+            f"a job is a mapping of fields (id, type, parameters, ...), not {_got(job)}.",
+            "write the job as - id: ...\n    type: ...\n    parameters: {...}",
+        )
+        return
+    kind = job.get("type")
     if kind is None:
         report.add(where, "missing required field 'type'.", f"add type: one of {listed}.")
         return

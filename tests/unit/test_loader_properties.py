@@ -301,13 +301,6 @@ def mutate(data: dict[str, Any], mutation: tuple[str, Any]) -> dict[str, Any] | 
     return data
 
 
-def raised_in(exc: BaseException, function: str) -> bool:
-    frame = exc.__traceback__
-    while frame.tb_next is not None:
-        frame = frame.tb_next
-    return frame.tb_frame.f_code.co_name == function
-
-
 def as_yaml(data: Any) -> str:
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
@@ -341,13 +334,6 @@ def test_mutated_pipelines_load_or_raise_pipeline_invalid_and_run_nothing(data, 
             attempt()
         except PipelineInvalid as exc:
             assert exc.problems
-        except KeyError as exc:
-            # Known bug, pinned by test_loader_errors.py::
-            # test_upstream_name_below_an_invalid_job_does_not_crash (xfail, strict).
-            # Tolerated here only in that exact place, so this property keeps
-            # guarding every other path; once fixed, this branch is dead code.
-            if not raised_in(exc, "_check_upstream_name"):
-                raise
 
     assert not sentinel.exists()
     assert not (sentinel_dir / SENTINEL).exists()
