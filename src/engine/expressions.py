@@ -435,7 +435,7 @@ def _reject(name: str) -> Any:
 
 def _from_json(text: Any) -> Any:
     try:
-        return json.loads(
+        value = json.loads(
             _need(text, str, "a string"),
             parse_constant=_reject,
             parse_float=lambda t: _checked(float(t)),
@@ -444,6 +444,22 @@ def _from_json(text: Any) -> Any:
         raise _Fail(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:  # too many digits, too deep
         raise _Fail(f"invalid JSON: {_clip(str(exc)) or 'nests too deeply'}") from None
+    # The parser's own depth limit differs between Python versions; ours does not.
+    if _nesting(value) > MAX_VALUE_DEPTH:
+        raise _Fail(f"invalid JSON: nests deeper than {MAX_VALUE_DEPTH} levels")
+    return value
+
+
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def _strings(test: Callable[[str, str], bool]) -> Callable[..., bool]:
