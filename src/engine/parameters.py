@@ -20,6 +20,7 @@ from pydantic_core import SchemaError
 
 from engine.errors import ParameterInvalid
 from engine.pipeline import Parameter, ParameterType
+from engine.validation import kind_of
 
 MAX_INTEGER = 2**63 - 1
 """Numbers beyond 64 bits cannot travel as JSON numbers to every service."""
@@ -158,7 +159,7 @@ def check_type(param: Parameter, value: Any) -> Any:
             hint = f'quote it: "{json.dumps(value)}".'
         raise ParameterInvalid(
             param.name,
-            f"{shown(param, value)} is {_kind_of(value)}, not {_TYPE_WORDS[kind]}.",
+            f"{shown(param, value)} is {kind_of(value, json_words=True)}, not {_TYPE_WORDS[kind]}.",
             hint,
         )
     if isinstance(value, int) and abs(value) > MAX_INTEGER:
@@ -184,24 +185,6 @@ def _has_type(kind: ParameterType, value: Any) -> bool:
     if kind is ParameterType.ARRAY:
         return isinstance(value, list)
     return isinstance(value, dict)
-
-
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def check_rules(param: Parameter, value: Any) -> None:

@@ -431,15 +431,7 @@ class _Builder:
             "tag:yaml.org,2002:null": lambda text: None,
         }.get(tag)
         if explicit is None:
-            self.problems.append(
-                self._problem(
-                    path,
-                    f"unsupported YAML tag '{tag}'.",
-                    "remove the tag; pipeline files hold plain strings, numbers, booleans, "
-                    "lists and mappings.",
-                    event.start_mark,
-                )
-            )
+            self._unsupported_tag(path, tag, event.start_mark)
             return value
         try:
             return explicit(value)
@@ -456,15 +448,17 @@ class _Builder:
 
     def _check_tag(self, event: Any, path: YamlPath, kind: str) -> None:
         tag = event.tag
-        if tag in (None, "!", f"tag:yaml.org,2002:{kind}"):
-            return
+        if tag not in (None, "!", f"tag:yaml.org,2002:{kind}"):
+            self._unsupported_tag(path, tag, event.start_mark)
+
+    def _unsupported_tag(self, path: YamlPath, tag: str, mark: Any) -> None:
         self.problems.append(
             self._problem(
                 path,
                 f"unsupported YAML tag '{tag}'.",
                 "remove the tag; pipeline files hold plain strings, numbers, booleans, "
                 "lists and mappings.",
-                event.start_mark,
+                mark,
             )
         )
 

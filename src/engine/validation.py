@@ -68,8 +68,14 @@ _EXPECTED = {
 }
 
 
-def kind_of(value: Any) -> str:
-    """How the file's author would name the type of a value."""
+def kind_of(value: Any, *, json_words: bool = False) -> str:
+    """How the file's author would name the type of a value.
+
+    Args:
+        value: The value.
+        json_words: Say "an array" / "an object" (the parameter types) instead of
+            "a list" / "a mapping" (the YAML words).
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -81,9 +87,9 @@ def kind_of(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
-        return "a list"
+        return "an array" if json_words else "a list"
     if isinstance(value, dict):
-        return "a mapping"
+        return "an object" if json_words else "a mapping"
     return type(value).__name__
 
 
