@@ -36,6 +36,8 @@ SESSION_FIELDS = ("id", "pipeline", "pipeline_version", "started_at")
 JOB_FIELDS = ("output", "outputs", "status")
 """What ``${jobs.<id>.<field>}`` offers."""
 
+_SYNTAX_HINT = "see docs/dsl-reference.md#expressions for the syntax."
+
 
 class NameKind(StrEnum):
     """Where the value of a name used in an expression comes from."""
@@ -270,25 +272,23 @@ class JobChecker:
         at: YamlPath = ("jobs", index)
         self._check_retry(at, job)
         self._check_outputs(at, job)
-        in_fan_out = self._check_for_each(at, job, raw)
+        self._check_for_each(at, job)
         if isinstance(job.condition, str):
             try:
                 expression = parse_condition(job.condition)
             except ExpressionError as exc:
-                self.report.add((*at, "condition"), f"invalid condition: {exc}", _syntax_hint(exc))
+                self.report.add((*at, "condition"), f"invalid condition: {exc}", _SYNTAX_HINT)
             else:
                 for ref in expression.references():
-                    self._check_ref((*at, "condition"), job, ref, in_fan_out)
+                    self._check_ref((*at, "condition"), job, ref)
         try:
             found = value_references(raw.get("parameters"))
         except ExpressionError as exc:
             inner = getattr(exc, "value_path", ())
-            self.report.add(
-                (*at, "parameters", *inner), f"invalid expression: {exc}", _syntax_hint(exc)
-            )
+            self.report.add((*at, "parameters", *inner), f"invalid expression: {exc}", _SYNTAX_HINT)
             return
         for inner, ref in found:
-            self._check_ref((*at, "parameters", *inner), job, ref, in_fan_out)
+            self._check_ref((*at, "parameters", *inner), job, ref)
 
     def check_syntax(self, index: int, raw: Any) -> None:
         """For a job that did not validate: report at least its expression syntax errors."""
@@ -299,13 +299,13 @@ class JobChecker:
             try:
                 parse_condition(raw["condition"])
             except ExpressionError as exc:
-                self.report.add((*at, "condition"), f"invalid condition: {exc}", _syntax_hint(exc))
+                self.report.add((*at, "condition"), f"invalid condition: {exc}", _SYNTAX_HINT)
         for key in ("parameters", "for_each"):
             try:
                 value_references(raw.get(key))
             except ExpressionError as exc:
                 inner = getattr(exc, "value_path", ())
-                self.report.add((*at, key, *inner), f"invalid expression: {exc}", _syntax_hint(exc))
+                self.report.add((*at, key, *inner), f"invalid expression: {exc}", _SYNTAX_HINT)
 
     def _check_retry(self, at: YamlPath, job: JobBase) -> None:
         if job.retry_max_delay is not None and job.retry_max_delay < job.retry_delay:
@@ -323,10 +323,10 @@ class JobChecker:
                 self.report.add((*at, "outputs", i), f"output '{name}' is declared twice.")
             seen.add(name)
 
-    def _check_for_each(self, at: YamlPath, job: JobBase, raw: dict[str, Any]) -> bool:
+    def _check_for_each(self, at: YamlPath, job: JobBase) -> None:
         fan = job.fan_out
         if fan is None:
-            return False
+            return
         where = (*at, "for_each")
         long_form = isinstance(job.for_each, ForEach)
         items_at = (*where, "items") if long_form else where
@@ -336,7 +336,7 @@ class JobChecker:
                 "for_each needs exactly one of items or matrix.",
                 "give items: [...] (or a ${...} list) or matrix: {key: [...], ...}.",
             )
-            return True
+            return
         if isinstance(fan.items, list):
             if not fan.items:
                 self.report.add(items_at, "for_each has no items.", "list at least one item.")
@@ -351,7 +351,6 @@ class JobChecker:
             self._check_list_template(items_at, job, fan.items)
         if fan.matrix is not None:
             self._check_matrix((*where, "matrix"), job, fan.matrix)
-        return True
 
     def _check_matrix(self, at: YamlPath, job: JobBase, matrix: dict[str, Any]) -> None:
         if not matrix:
@@ -379,7 +378,7 @@ class JobChecker:
         try:
             template = parse_template(text)
         except ExpressionError as exc:
-            self.report.add(at, f"invalid expression: {exc}", _syntax_hint(exc))
+            self.report.add(at, f"invalid expression: {exc}", _SYNTAX_HINT)
             return
         if not template.is_single:
             self.report.add(
@@ -392,7 +391,7 @@ class JobChecker:
             if ref.root in ("item", "item_index"):
                 self.report.add(at, "for_each cannot use ${item}: it defines it.")
                 continue
-            kind = self._check_ref(at, job, ref, in_fan_out=False)
+            kind = self._check_ref(at, job, ref)
             param = self.params.get(ref.root)
             if (
                 kind is NameKind.PARAMETER
@@ -413,18 +412,16 @@ class JobChecker:
             self.report.add(
                 (*at, *getattr(exc, "value_path", ())),
                 f"invalid expression: {exc}",
-                _syntax_hint(exc),
+                _SYNTAX_HINT,
             )
             return
         for inner, ref in found:
             if ref.root in ("item", "item_index"):
                 self.report.add((*at, *inner), "for_each cannot use ${item}: it defines it.")
                 continue
-            self._check_ref((*at, *inner), job, ref, in_fan_out=False)
+            self._check_ref((*at, *inner), job, ref)
 
-    def _check_ref(
-        self, at: YamlPath, job: JobBase, ref: Reference, in_fan_out: bool
-    ) -> NameKind | None:
+    def _check_ref(self, at: YamlPath, job: JobBase, ref: Reference) -> NameKind | None:
         kind = classify(ref, job, self.params, self.graph)
         if kind is NameKind.JOB:
             self._check_job_ref(at, job, ref)
@@ -536,7 +533,3 @@ class JobChecker:
             else "declare it in the outputs of the upstream "
             "job that returns it, or as a parameter.",
         )
-
-
-def _syntax_hint(exc: ExpressionError) -> str:
-    return "see docs/dsl-reference.md#expressions for the syntax."

@@ -32,6 +32,8 @@ class Report:
     def add(self, path: YamlPath, message: str, hint: str = "", *, key: bool = False) -> None:
         """Record a problem at ``path`` (at its key when ``key``: where a bad field name is)."""
         rendered = format_path(path)
+        if not message.endswith((".", "?", "!")):
+            message += "."
         if (rendered, message) in self._seen:
             return
         self._seen.add((rendered, message))
