@@ -188,10 +188,13 @@ def _print_job(out: Console, job: JobPlan) -> None:
         notes.append(f"condition: {job.condition} {decided}")
     if job.fan_out:
         count = job.fan_out["count"]
+        source = job.fan_out.get("source")
+        if not isinstance(source, str):
+            source = json.dumps(source, ensure_ascii=False)
         fan = (
             f"fan-out: {count} runs"
             if count is not None
-            else (f"fan-out: over {job.fan_out.get('source')} (known at run time)")
+            else f"fan-out: over {source} (known at run time)"
         )
         if job.fan_out.get("max_concurrency"):
             fan += f", {job.fan_out['max_concurrency']} at a time"

@@ -63,12 +63,12 @@ def draw_mermaid(pipeline: Pipeline) -> str:
     """A Mermaid flowchart; conditional edges are dotted and labelled with the condition."""
     lines = ["flowchart TD"]
     for job in pipeline.jobs:
-        label = f"{job.display_name}<br/><i>{job.id} · {job.type}</i>"
+        label = f"{_mermaid_text(job.display_name)}<br/><i>{job.id} · {job.type}</i>"
         fan = _fan_note(job)
         if fan:
-            label += f"<br/>{fan}"
+            label += f"<br/>{_mermaid_text(fan)}"
         shape = ('[["', '"]]') if job.fan_out else ('["', '"]')
-        lines.append(f"    {job.id}{shape[0]}{_mermaid_text(label)}{shape[1]}")
+        lines.append(f"    {job.id}{shape[0]}{label}{shape[1]}")
     for job in pipeline.jobs:
         condition = _condition(job)
         for parent in job.depends_on:
@@ -79,10 +79,15 @@ def draw_mermaid(pipeline: Pipeline) -> str:
     return "\n".join(lines)
 
 
+def _dot(text: str | None) -> str:
+    """A DOT string literal; Graphviz reads UTF-8, so no \\u escapes."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def draw_dot(pipeline: Pipeline) -> str:
     """A Graphviz digraph; conditional edges are dashed and labelled with the condition."""
     lines = [
-        f"digraph {json.dumps(pipeline.name)} {{",
+        f"digraph {_dot(pipeline.name)} {{",
         "    rankdir=TB;",
         '    node [shape=box, style="rounded"];',
     ]
@@ -92,11 +97,11 @@ def draw_dot(pipeline: Pipeline) -> str:
         if fan:
             label += f"\n{fan}"
         extra = ", peripheries=2" if job.fan_out else ""
-        lines.append(f"    {json.dumps(job.id)} [label={json.dumps(label)}{extra}];")
+        lines.append(f"    {_dot(job.id)} [label={_dot(label)}{extra}];")
     for job in pipeline.jobs:
         condition = _condition(job)
         for parent in job.depends_on:
-            attrs = f" [style=dashed, label={json.dumps(condition)}]" if condition else ""
-            lines.append(f"    {json.dumps(parent)} -> {json.dumps(job.id)}{attrs};")
+            attrs = f" [style=dashed, label={_dot(condition)}]" if condition else ""
+            lines.append(f"    {_dot(parent)} -> {_dot(job.id)}{attrs};")
     lines.append("}")
     return "\n".join(lines)

@@ -121,3 +121,31 @@ class InputTooLarge(BunsuiError):
 
 def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SessionNotFound(BunsuiError):
+    """No session has this id."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session '{session_id}' not found.")
+
+
+class Conflict(BunsuiError):
+    """A write lost to another: the record already exists or changed meanwhile."""
+
+
+class DispatchFailed(BunsuiError):
+    """Work could not be started; the attempt counts as failed with this message."""
+
+
+class PipelineNotFound(BunsuiError):
+    """No pipeline has this name (or it was deleted), or it has no such version."""
+
+    def __init__(self, name: str, version: int | None = None) -> None:
+        self.name = name
+        self.version = version
+        if version is None:
+            super().__init__(f"pipeline '{name}' not found.")
+        else:
+            super().__init__(f"pipeline '{name}' has no version {version}.")

@@ -1,10 +1,7 @@
-"""The expression language of Bunsui: ``${...}`` templates and conditions.
+"""The expression language of Bunsui: what is written inside ``${...}`` and in conditions.
 
-A template is a string with ``${expr}`` segments; ``$${`` writes a literal
-``${`` (always, so ``$$${a}`` is the text ``$${a}``). A template that is
-exactly one segment keeps the value's type; in a longer string each value is
-rendered as text (null, true/false, numbers, objects and lists as JSON). A
-condition is one expression, written ``${a > 5}`` or bare ``a > 5``.
+Templates (strings with ``${...}`` segments) and conditions are parsed by
+:mod:`engine.templates`, which hands each segment to :func:`parse_expression`.
 
 The language is evaluated by a hand-written parser and tree walker: nothing
 reaches Python's ``eval``, no Python attribute is ever read by a user-given

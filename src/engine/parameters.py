@@ -118,12 +118,12 @@ def coerce_text(param: Parameter, text: str) -> Any:
             return False
     else:
         try:
-            value = json.loads(stripped)
+            value = json.loads(stripped, parse_constant=_no_constant)
         except (ValueError, RecursionError):
             value = _NOT_JSON
         expected = list if kind is ParameterType.ARRAY else dict
         if isinstance(value, expected):
-            return value
+            return check_type(param, value)
     raise ParameterInvalid(
         param.name,
         f"{shown(param, text)} is not {_TYPE_WORDS[kind]}.",
@@ -132,6 +132,10 @@ def coerce_text(param: Parameter, text: str) -> Any:
 
 
 _NOT_JSON = object()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _text_hint(param: Parameter) -> str:
@@ -166,9 +170,34 @@ def check_type(param: Parameter, value: Any) -> Any:
         raise ParameterInvalid(
             param.name, f"{shown(param, value)} is out of range (at most ±{MAX_INTEGER})."
         )
+    if isinstance(value, (list, dict)):
+        problem = _json_problem(value)
+        if problem:
+            raise ParameterInvalid(param.name, f"{shown(param, value)} {problem}.")
     if kind is ParameterType.FLOAT:
         return float(value)
     return value
+
+
+MAX_VALUE_DEPTH = 64
+
+
+def _json_problem(value: Any) -> str | None:
+    """What keeps a nested value from travelling as JSON to every service, if anything."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            return f"nests deeper than {MAX_VALUE_DEPTH} levels"
+        if isinstance(node, float) and not math.isfinite(node):
+            return "holds a number that is not finite (NaN or infinity)"
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INTEGER:
+            return f"holds an integer out of range (at most ±{MAX_INTEGER})"
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return None
 
 
 def _has_type(kind: ParameterType, value: Any) -> bool:

@@ -181,8 +181,8 @@ def parse_document(text: str | bytes, name: str = "<pipeline>") -> Document:
 def _too_large(size: int) -> Problem:
     return Problem(
         "",
-        f"the file is {size / 1048576:.1f} MiB; pipeline files are limited to "
-        f"{MAX_DOCUMENT_BYTES // 1048576} MiB.",
+        f"the file is {size:,} bytes ({size / 1048576:.1f} MiB); pipeline files are limited "
+        f"to {MAX_DOCUMENT_BYTES:,} bytes ({MAX_DOCUMENT_BYTES // 1048576} MiB).",
         "split the pipeline, or pass large data by reference (an S3 path) instead of inline.",
     )
 
@@ -428,7 +428,7 @@ class _Builder:
             "tag:yaml.org,2002:int": _as_int,
             "tag:yaml.org,2002:float": _as_float,
             "tag:yaml.org,2002:bool": _as_bool,
-            "tag:yaml.org,2002:null": lambda text: None,
+            "tag:yaml.org,2002:null": _as_null,
         }.get(tag)
         if explicit is None:
             self._unsupported_tag(path, tag, event.start_mark)
@@ -524,6 +524,11 @@ def _as_float(text: str) -> float:
             f"'{text}' is not a finite number; infinity and NaN cannot be passed as JSON"
         )
     return number
+
+
+def _as_null(text: str) -> None:
+    if not _NULL.fullmatch(text):
+        raise ValueError(f"'{text}' is not null")
 
 
 def _as_bool(text: str) -> bool:

@@ -284,7 +284,7 @@ def _report_job_type(report: Report, where: YamlPath, job: Any) -> None:
         report.add(
             where,
             f"a job is a mapping of fields (id, type, parameters, ...), not {_got(job)}.",
-            "write the job as - id: ...\n    type: ...\n    parameters: {...}",
+            "write it as a mapping: - {id: ..., type: ..., parameters: {...}}",
         )
         return
     kind = job.get("type")

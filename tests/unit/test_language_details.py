@@ -137,3 +137,39 @@ jobs:
     assert tune.fan_out["count"] is None
     assert tune.fan_out["source"]["matrix"]["depth"] == "${jobs.grid.output.depths}"
     assert tune.from_upstream == ["jobs.grid.output.depths"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a": NaN}', '{"a": 1e400}', '{"a": [99999999999999999999999]}', "[Infinity]"],
+)
+def test_nested_parameter_values_must_be_json_numbers(text):
+    from engine.errors import ParameterInvalid
+    from engine.pipeline import Parameter
+
+    kind = "array" if text.startswith("[") else "object"
+    with pytest.raises(ParameterInvalid) as info:
+        resolve_parameters([Parameter(name="p", type=kind)], text_values={"p": text})
+    assert info.value.name == "p"
+
+
+def test_a_null_tag_needs_a_null_value():
+    (problem,) = problems(
+        "metadata: {a: !!null abc}\njobs: [{id: a, type: custom, parameters: {command: x}}]\n"
+    )
+    assert "'abc' is not null" in problem.message
+
+
+def test_drawings_escape_user_text_but_keep_their_markup():
+    from bunsui.drawing import draw_dot, draw_mermaid
+
+    pipeline = load_pipeline(
+        HEAD.replace("details", "Modèle")
+        + """
+jobs:
+  - {id: a, name: 'say "hi" <now>', type: custom, parameters: {command: x}}
+"""
+    )
+    mermaid = draw_mermaid(pipeline)
+    assert "say #quot;hi#quot; #lt;now#gt;<br/><i>a · custom</i>" in mermaid
+    assert 'digraph "Modèle"' in draw_dot(pipeline)
