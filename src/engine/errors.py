@@ -149,3 +149,7 @@ class PipelineNotFound(BunsuiError):
             super().__init__(f"pipeline '{name}' not found.")
         else:
             super().__init__(f"pipeline '{name}' has no version {version}.")
+
+
+class OutputTooLarge(BunsuiError):
+    """A job's output is larger than a store keeps inline; the attempt fails with this."""

@@ -1,0 +1,746 @@
+"""The store port on SQLite: sessions, job runs, history and pipeline versions.
+
+One row per session and one per job run, as on DynamoDB. Every write the
+reducer relies on is either one conditional statement or one ``BEGIN
+IMMEDIATE`` transaction, so two threads of one process, or two processes on
+one file, cannot both win a race (see :mod:`engine.ports`). WAL mode lets
+readers (``bunsui logs``, the CLI's status) run beside the writer.
+
+The schema is :data:`_SCHEMA` (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
+a row per session (whose ``running`` column is the session's slot counter),
+a row per run, a run's ``parents_done`` as rows of ``edges`` (so counting an
+edge is an ``INSERT OR IGNORE`` on its primary key), fan-out slot counters,
+history with an AUTOINCREMENT sequence number, and pipeline versions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Conflict, OutputTooLarge, PipelineNotFound, SessionNotFound
+from engine.events import HistoryEntry
+from engine.state import JobRun, JobStatus, Outcome, Session, SessionStatus
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema this module writes; a later one migrates from it."""
+
+MAX_OUTPUT_BYTES = 256 * 1024
+"""The largest output (its UTF-8 JSON) a run may keep inline."""
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a writer waits for another one (thread or process) before giving up."""
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, version INTEGER NOT NULL,
+        parameters TEXT NOT NULL, status TEXT NOT NULL,
+        total INTEGER NOT NULL DEFAULT 0, finished INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0, running INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT, ended_at TEXT, reason TEXT)""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        key TEXT NOT NULL, job_id TEXT NOT NULL, idx INTEGER, status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0, expected INTEGER NOT NULL DEFAULT 0,
+        item TEXT, inputs TEXT, output TEXT, error TEXT, handle TEXT,
+        started_at TEXT, ended_at TEXT, updated_at TEXT, reason TEXT,
+        PRIMARY KEY (session_id, key)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (session_id, status, key)",
+    "CREATE INDEX IF NOT EXISTS runs_by_job ON runs (session_id, job_id, key)",
+    """CREATE TABLE IF NOT EXISTS edges (
+        session_id TEXT NOT NULL, key TEXT NOT NULL, edge TEXT NOT NULL, outcome TEXT NOT NULL,
+        PRIMARY KEY (session_id, key, edge),
+        FOREIGN KEY (session_id, key) REFERENCES runs (session_id, key) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS slots (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        scope TEXT NOT NULL, held INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0),
+        PRIMARY KEY (session_id, scope)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        at TEXT NOT NULL, kind TEXT NOT NULL, key TEXT, attempt INTEGER, detail TEXT)""",
+    "CREATE INDEX IF NOT EXISTS history_by_session ON history (session_id, seq)",
+    """CREATE TABLE IF NOT EXISTS pipelines (
+        name TEXT PRIMARY KEY, deleted INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS pipeline_versions (
+        name TEXT NOT NULL REFERENCES pipelines (name), version INTEGER NOT NULL,
+        document TEXT NOT NULL, checksum TEXT NOT NULL, created_at TEXT NOT NULL,
+        PRIMARY KEY (name, version))""",
+]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _dumps(value: Any) -> str | None:
+    """A JSON column's text; None stays SQL NULL."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _output(value: Any) -> str | None:
+    """The output column's text, refusing what is too large to keep inline."""
+    text = _dumps(value)
+    if text is not None:
+        size = len(text.encode("utf-8"))
+        if size > MAX_OUTPUT_BYTES:
+            raise OutputTooLarge(
+                f"output is {size} bytes of JSON; the limit is {MAX_OUTPUT_BYTES} bytes: "
+                "write large results to storage (S3) and return their location."
+            )
+    return text
+
+
+def _job_status(value: Any) -> str:
+    return JobStatus(value).value
+
+
+def _session_status(value: Any) -> str:
+    return SessionStatus(value).value
+
+
+def _mapping(value: Mapping[str, Any]) -> str | None:
+    return _dumps(dict(value))
+
+
+_Column = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
+"""A record field's column, its encoder (field -> column) and decoder (column -> field)."""
+
+
+def _plain(column: str) -> _Column:
+    return (column, _same, _same)
+
+
+# Record field -> column. Column names in SQL come only from these tables, never
+# from a caller.
+_RUN_COLUMNS: dict[str, _Column] = {
+    "session_id": _plain("session_id"),
+    "key": _plain("key"),
+    "job_id": _plain("job_id"),
+    "index": _plain("idx"),
+    "status": ("status", _job_status, JobStatus),
+    "attempt": ("attempt", int, _same),
+    "expected": ("expected", int, _same),
+    "item": ("item", _dumps, _loads),
+    "inputs": ("inputs", _dumps, _loads),
+    "output": ("output", _output, _loads),
+    **{name: _plain(name) for name in ("error", "handle", "started_at", "ended_at")},
+    **{name: _plain(name) for name in ("updated_at", "reason")},
+}
+
+_SESSION_COLUMNS: dict[str, _Column] = {
+    "id": _plain("id"),
+    "pipeline": _plain("pipeline"),
+    "version": ("version", int, _same),
+    "parameters": ("parameters", _mapping, _loads),
+    "status": ("status", _session_status, SessionStatus),
+    **{name: (name, int, _same) for name in ("total", "finished", "failed", "running")},
+    **{name: _plain(name) for name in ("created_at", "ended_at", "reason")},
+}
+
+
+_HISTORY = ("session_id", "at", "kind", "key", "attempt")
+"""The plain columns of ``history``, in :class:`HistoryEntry` field order (``detail`` is JSON)."""
+
+
+def _insert(table: str, columns: Mapping[str, _Column], verb: str = "INSERT") -> str:
+    names = ", ".join(column for column, _, _ in columns.values())
+    return f"{verb} INTO {table} ({names}) VALUES ({_marks(len(columns))})"
+
+
+def _values(record: Any, columns: Mapping[str, _Column]) -> list[Any]:
+    return [encode(getattr(record, name)) for name, (_, encode, _) in columns.items()]
+
+
+def _fields(row: sqlite3.Row, columns: Mapping[str, _Column]) -> dict[str, Any]:
+    return {name: decode(row[column]) for name, (column, _, decode) in columns.items()}
+
+
+def _assignments(
+    changes: Mapping[str, Any], columns: Mapping[str, _Column], fixed: set[str], what: str
+) -> tuple[list[str], list[Any]]:
+    """``column = ?`` clauses and their encoded values; ValueError on a field not to change."""
+    clauses: list[str] = []
+    values: list[Any] = []
+    for name, value in changes.items():
+        if name not in columns or name in fixed:
+            raise ValueError(f"a {what}'s '{name}' cannot be changed this way.")
+        column, encode, _ = columns[name]
+        clauses.append(f"{column} = ?")
+        values.append(encode(value))
+    return clauses, values
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+@contextmanager
+def _known_session(session_id: str) -> Iterator[None]:
+    """Turn the foreign key's refusal of a record of an unknown session into SessionNotFound."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "FOREIGN KEY" in str(exc):
+            raise SessionNotFound(session_id) from exc
+        raise
+
+
+def _session(row: sqlite3.Row) -> Session:
+    return Session(**_fields(row, _SESSION_COLUMNS))
+
+
+def _run(row: sqlite3.Row, parents_done: Mapping[str, Outcome]) -> JobRun:
+    return JobRun(**_fields(row, _RUN_COLUMNS), parents_done=dict(parents_done))
+
+
+class SqliteStore:
+    """The :class:`engine.ports.Store` port (and pipeline versions) on one SQLite database.
+
+    Safe for many threads: a file database gives each thread its own
+    connection; ``":memory:"`` (tests) has a single connection behind a lock,
+    since each connection to ``":memory:"`` would be a separate database.
+    Several processes may share one file; SQLite's locks serialize their writes.
+
+    Args:
+        path: The database file (created with its schema if absent), or ``":memory:"``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._memory = self._path == ":memory:"
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        self._shared: sqlite3.Connection | None = None
+        # IMMEDIATE: two processes opening a new file at once create the schema once.
+        with self._write() as conn:
+            self._migrate(conn)
+
+    # -- connections and transactions ------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            check_same_thread=False,  # so close() may close other threads' connections
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if not self._memory and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = self._open()
+                yield self._shared
+            return
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            with self._lock:
+                # Connections of threads that have ended are closed here, not leaked.
+                for thread in [t for t in self._connections if not t.is_alive()]:
+                    self._connections.pop(thread).close()
+                self._connections[threading.current_thread()] = conn
+            self._local.conn = conn
+        yield conn
+
+    @contextmanager
+    def _transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute(f"BEGIN {mode}")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction: IMMEDIATE takes the write lock at BEGIN, so the
+        reads inside it cannot be invalidated by another writer before COMMIT."""
+        return self._transaction("IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot for several SELECTs."""
+        return self._transaction("DEFERRED")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (later versions add steps here)."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self._path} has schema version {version}; this Bunsui knows up to "
+                f"{SCHEMA_VERSION}. Upgrade Bunsui to open it."
+            )
+        if version < 1:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._lock:
+            for conn in self._connections.values():
+                conn.close()
+            self._connections.clear()
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None
+        self._local = threading.local()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- sessions -------------------------------------------------------------------
+
+    def create_session(self, session: Session) -> None:
+        """Write a new session.
+
+        Raises:
+            Conflict: a session with this id exists.
+        """
+        try:
+            with self._connection() as conn:
+                conn.execute(
+                    _insert("sessions", _SESSION_COLUMNS), _values(session, _SESSION_COLUMNS)
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise Conflict(f"session '{session.id}' already exists.") from exc
+
+    def get_session(self, session_id: str) -> Session:
+        """The session.
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with self._connection() as conn:
+            return self._get_session(conn, session_id)
+
+    @staticmethod
+    def _get_session(conn: sqlite3.Connection, session_id: str) -> Session:
+        row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFound(session_id)
+        return _session(row)
+
+    def set_session_status(
+        self,
+        session_id: str,
+        expect: set[SessionStatus],
+        status: SessionStatus,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Session | None:
+        """Change the status (and ``changes``) if it is one of ``expect``.
+
+        Returns:
+            The updated session, or None when its status was not in ``expect``.
+
+        Raises:
+            SessionNotFound: no session has this id.
+            ValueError: ``changes`` names a field that cannot be changed (``id``, ``status``).
+        """
+        clauses, values = _assignments(changes or {}, _SESSION_COLUMNS, {"id", "status"}, "session")
+        wanted = sorted(_session_status(s) for s in expect)
+        with self._write() as conn:
+            # The status condition guards two reducers closing (or cancel racing the
+            # close of) one session: only the first sees a live status.
+            cursor = conn.execute(
+                f"UPDATE sessions SET {', '.join(['status = ?', *clauses])}"
+                f" WHERE id = ? AND status IN ({_marks(len(wanted))})",
+                (_session_status(status), *values, session_id, *wanted),
+            )
+            session = self._get_session(conn, session_id)
+            return session if cursor.rowcount == 1 else None
+
+    def count_finished(self, session_id: str, failed: bool) -> Session:
+        """Atomically add one finished run (and one failed, if so).
+
+        Returns:
+            The session as updated by this call (its counters include this run).
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with self._write() as conn:
+            # One UPDATE adds to the stored value: two reducers ending runs at once both
+            # count, and the one whose update makes finished == total sees it.
+            conn.execute(
+                "UPDATE sessions SET finished = finished + 1, failed = failed + ? WHERE id = ?",
+                (int(failed), session_id),
+            )
+            return self._get_session(conn, session_id)
+
+    def acquire_slot(self, session_id: str, scope: str | None, limit: int) -> bool:
+        """Take one of ``limit`` running slots of the session (scope None) or of a fan-out.
+
+        The session's slots are its ``running`` counter; a fan-out's are a row of
+        ``slots``, created on first use.
+
+        Returns:
+            Whether a slot was taken (False when ``limit`` are held).
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with self._connection() as conn:
+            # `held < limit` in the same statement as the increment: two reducers
+            # cannot both take the last slot.
+            if scope is None:
+                cursor = conn.execute(
+                    "UPDATE sessions SET running = running + 1 WHERE id = ? AND running < ?",
+                    (session_id, limit),
+                )
+            else:
+                with _known_session(session_id):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO slots (session_id, scope, held) VALUES (?, ?, 0)",
+                        (session_id, scope),
+                    )
+                cursor = conn.execute(
+                    "UPDATE slots SET held = held + 1"
+                    " WHERE session_id = ? AND scope = ? AND held < ?",
+                    (session_id, scope, limit),
+                )
+            if cursor.rowcount == 1:
+                return True
+            self._get_session(conn, session_id)  # raises SessionNotFound
+            return False
+
+    def release_slot(self, session_id: str, scope: str | None) -> None:
+        """Give back a slot taken by :meth:`acquire_slot` (never below zero)."""
+        with self._connection() as conn:
+            if scope is None:
+                conn.execute(
+                    "UPDATE sessions SET running = running - 1 WHERE id = ? AND running > 0",
+                    (session_id,),
+                )
+            else:
+                conn.execute(
+                    "UPDATE slots SET held = held - 1"
+                    " WHERE session_id = ? AND scope = ? AND held > 0",
+                    (session_id, scope),
+                )
+
+    # -- job runs -------------------------------------------------------------------
+
+    def put_run(self, run: JobRun) -> bool:
+        """Write a run if no run has its key yet.
+
+        Returns:
+            Whether it was written (False: a run with this key exists, unchanged).
+
+        Raises:
+            SessionNotFound: no session has this id.
+            OutputTooLarge: the output is larger than :data:`MAX_OUTPUT_BYTES`.
+        """
+        row = _values(run, _RUN_COLUMNS)
+        with _known_session(run.session_id), self._write() as conn:
+            # OR IGNORE: of two reducers creating the same run, the second writes nothing.
+            if conn.execute(_insert("runs", _RUN_COLUMNS, "INSERT OR IGNORE"), row).rowcount:
+                self._put_edges(conn, run.session_id, run.key, run.parents_done)
+                return True
+            return False
+
+    @staticmethod
+    def _put_edges(
+        conn: sqlite3.Connection, session_id: str, key: str, edges: Mapping[str, Outcome]
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO edges (session_id, key, edge, outcome) VALUES (?, ?, ?, ?)",
+            [(session_id, key, edge, Outcome(outcome).value) for edge, outcome in edges.items()],
+        )
+
+    def get_run(self, session_id: str, key: str) -> JobRun | None:
+        """The run with this key, or None."""
+        with self._read() as conn:
+            return self._get_run(conn, session_id, key)
+
+    @staticmethod
+    def _get_run(conn: sqlite3.Connection, session_id: str, key: str) -> JobRun | None:
+        row = conn.execute(
+            "SELECT * FROM runs WHERE session_id = ? AND key = ?", (session_id, key)
+        ).fetchone()
+        if row is None:
+            return None
+        edges = conn.execute(
+            "SELECT edge, outcome FROM edges WHERE session_id = ? AND key = ?", (session_id, key)
+        ).fetchall()
+        return _run(row, {edge: Outcome(outcome) for edge, outcome in edges})
+
+    def transition(
+        self,
+        session_id: str,
+        key: str,
+        expect: set[JobStatus],
+        changes: Mapping[str, Any],
+        attempt: int | None = None,
+    ) -> JobRun | None:
+        """Apply ``changes`` if the run's status is in ``expect`` (and its attempt is ``attempt``).
+
+        ``changes`` maps :class:`JobRun` field names to new values; ``parents_done``
+        replaces the run's counted edges.
+
+        Returns:
+            The updated run, or None when the condition failed (or there is no run);
+            then nothing was written.
+
+        Raises:
+            ValueError: ``changes`` names a field that cannot be changed (``session_id``,
+                ``key``), or the output is larger than :data:`MAX_OUTPUT_BYTES`. The
+                reducer records the latter as a failed attempt; nothing was written.
+        """
+        fields = {name: value for name, value in changes.items() if name != "parents_done"}
+        clauses, values = _assignments(fields, _RUN_COLUMNS, {"session_id", "key"}, "job run")
+        if not clauses:
+            clauses = ["status = status"]  # still test (and lock) the condition
+        wanted = sorted(_job_status(s) for s in expect)
+        sql = (
+            f"UPDATE runs SET {', '.join(clauses)}"
+            f" WHERE session_id = ? AND key = ? AND status IN ({_marks(len(wanted))})"
+        )
+        params = [*values, session_id, key, *wanted]
+        if attempt is not None:
+            # The attempt guards a late event of an earlier attempt (a retry already
+            # started) against ending the current one.
+            sql += " AND attempt = ?"
+            params.append(attempt)
+        with self._write() as conn:
+            # The status condition guards two reducers claiming or ending one run: the
+            # loser's UPDATE matches no row, since the winner changed the status.
+            if conn.execute(sql, params).rowcount == 0:
+                return None
+            if "parents_done" in changes:
+                conn.execute(
+                    "DELETE FROM edges WHERE session_id = ? AND key = ?", (session_id, key)
+                )
+                self._put_edges(conn, session_id, key, changes["parents_done"])
+            return self._get_run(conn, session_id, key)
+
+    def count_edge(
+        self,
+        session_id: str,
+        key: str,
+        job_id: str,
+        index: int | None,
+        edge: str,
+        outcome: Outcome,
+        expected: int,
+    ) -> JobRun | None:
+        """Record that ``edge`` finished with ``outcome``, creating the run if absent.
+
+        Returns:
+            The updated run, or None when this edge was counted before. Exactly one
+            caller gets a run with ``len(parents_done) == expected``.
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with _known_session(session_id), self._write() as conn:
+            # Two parents ending at once may both create the child: OR IGNORE keeps one.
+            conn.execute(
+                "INSERT OR IGNORE INTO runs (session_id, key, job_id, idx, status,"
+                " attempt, expected) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (session_id, key, job_id, index, JobStatus.WAITING.value, expected),
+            )
+            # The edges primary key guards a redelivered event counting its edge
+            # twice; the read below is in the same transaction, so each caller sees
+            # the count its own edge made, and only one sees it reach `expected`.
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO edges (session_id, key, edge, outcome) VALUES (?, ?, ?, ?)",
+                (session_id, key, edge, Outcome(outcome).value),
+            )
+            if cursor.rowcount == 0:
+                return None
+            return self._get_run(conn, session_id, key)
+
+    def runs(
+        self,
+        session_id: str,
+        statuses: set[JobStatus] | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobRun]:
+        """Runs of a session in key order (UTF-8 byte order, as DynamoDB sorts keys).
+
+        Args:
+            statuses: Only runs in one of these statuses (an empty set matches none).
+            job_id: Only the runs of this job (a fan-out and its items).
+            limit: At most this many runs.
+        """
+        where = ["session_id = ?"]
+        params: list[Any] = [session_id]
+        if statuses is not None:
+            wanted = sorted(_job_status(s) for s in statuses)
+            where.append(f"status IN ({_marks(len(wanted))})")
+            params.extend(wanted)
+        if job_id is not None:
+            where.append("job_id = ?")
+            params.append(job_id)
+        # Items of a fan-out in index order (a queue drains [2] before [10]).
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY job_id, idx, key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(limit, 0))
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+            if not rows:
+                return []
+            edges: dict[str, dict[str, Outcome]] = {row["key"]: {} for row in rows}
+            for key, edge, outcome in conn.execute(
+                "SELECT key, edge, outcome FROM edges WHERE session_id = ? AND key BETWEEN ? AND ?",
+                (session_id, rows[0]["key"], rows[-1]["key"]),
+            ):
+                if key in edges:
+                    edges[key][edge] = Outcome(outcome)
+        return [_run(row, edges[row["key"]]) for row in rows]
+
+    def delete_runs(self, session_id: str, keys: Sequence[str]) -> None:
+        """Forget runs and their counted edges (a session retry re-runs them)."""
+        with self._write() as conn:
+            conn.executemany(
+                "DELETE FROM runs WHERE session_id = ? AND key = ?",
+                [(session_id, key) for key in keys],
+            )
+
+    # -- history --------------------------------------------------------------------
+
+    def append_history(self, entry: HistoryEntry) -> None:
+        """Add an entry after every other of its session.
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with _known_session(entry.session_id), self._connection() as conn:
+            conn.execute(
+                f"INSERT INTO history ({', '.join(_HISTORY)}, detail)"
+                f" VALUES ({_marks(len(_HISTORY) + 1)})",
+                (*(getattr(entry, name) for name in _HISTORY), _dumps(entry.detail)),
+            )
+
+    def history(self, session_id: str, after: int = 0) -> list[tuple[int, HistoryEntry]]:
+        """The session's entries with a sequence number above ``after``, in order.
+
+        Sequence numbers increase in the order entries were appended; they are
+        shared by all sessions of the database, so one session's are not contiguous.
+        """
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM history WHERE session_id = ? AND seq > ? ORDER BY seq",
+                (session_id, after),
+            ).fetchall()
+        return [
+            (row["seq"], HistoryEntry(*(row[name] for name in _HISTORY), _loads(row["detail"])))
+            for row in rows
+        ]
+
+    # -- pipelines ------------------------------------------------------------------
+
+    def put_pipeline_version(self, name: str, document: str, checksum: str, created_at: str) -> int:
+        """Store a pipeline document as its next immutable version (1, 2, ...).
+
+        Putting a deleted pipeline's name again brings it back, its old versions
+        included.
+
+        Returns:
+            The new version, or the latest one when its checksum is ``checksum``
+            (the same document deployed again adds no version).
+        """
+        with self._write() as conn:
+            # IMMEDIATE: two deploys at once cannot both read version N and write N + 1.
+            conn.execute(
+                "INSERT INTO pipelines (name, deleted) VALUES (?, 0)"
+                " ON CONFLICT (name) DO UPDATE SET deleted = 0",
+                (name,),
+            )
+            latest = conn.execute(
+                "SELECT version, checksum FROM pipeline_versions WHERE name = ?"
+                " ORDER BY version DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            if latest is not None and latest["checksum"] == checksum:
+                return int(latest["version"])
+            version = 1 if latest is None else latest["version"] + 1
+            conn.execute(
+                "INSERT INTO pipeline_versions (name, version, document, checksum, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, version, document, checksum, created_at),
+            )
+            return int(version)
+
+    def get_pipeline_version(self, name: str, version: int | None = None) -> tuple[int, str]:
+        """A pipeline's document: the latest version, or the one asked for.
+
+        An explicit version stays readable after :meth:`delete_pipeline`, so the
+        sessions that pinned it keep running.
+
+        Returns:
+            ``(version, document)``.
+
+        Raises:
+            PipelineNotFound: no such pipeline (or it was deleted and no version was
+                given), or it has no version ``version``.
+        """
+        with self._read() as conn:
+            pipeline = conn.execute(
+                "SELECT deleted FROM pipelines WHERE name = ?", (name,)
+            ).fetchone()
+            if pipeline is None or (version is None and pipeline["deleted"]):
+                raise PipelineNotFound(name)
+            row = conn.execute(
+                "SELECT version, document FROM pipeline_versions"
+                " WHERE name = ? AND (? IS NULL OR version = ?) ORDER BY version DESC LIMIT 1",
+                (name, version, version),
+            ).fetchone()
+            if row is None:
+                raise PipelineNotFound(name, version)
+            return int(row["version"]), row["document"]
+
+    def list_pipelines(self) -> list[tuple[str, int, str]]:
+        """``(name, latest version, its created_at)`` of every pipeline not deleted, by name."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT v.name, v.version, v.created_at FROM pipeline_versions v"
+                " JOIN pipelines p ON p.name = v.name AND p.deleted = 0"
+                " WHERE v.version = (SELECT MAX(version) FROM pipeline_versions"
+                " WHERE name = v.name) ORDER BY v.name"
+            ).fetchall()
+        return [(row["name"], int(row["version"]), row["created_at"]) for row in rows]
+
+    def delete_pipeline(self, name: str) -> None:
+        """Mark a pipeline deleted: it leaves :meth:`list_pipelines` and a get without a
+        version fails, but its versions stay readable by number for the sessions that
+        pinned them.
+
+        Raises:
+            PipelineNotFound: no such pipeline, or it is already deleted.
+        """
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "UPDATE pipelines SET deleted = 1 WHERE name = ? AND deleted = 0", (name,)
+            )
+            if cursor.rowcount == 0:
+                raise PipelineNotFound(name)

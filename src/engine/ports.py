@@ -1,0 +1,149 @@
+"""The ports: what the engine needs from the world, as protocols both backends implement.
+
+The local backend implements them on SQLite, an in-process queue, threads
+and subprocesses; the AWS backend on DynamoDB, EventBridge, Scheduler and
+the services' APIs. The reducer is written against these alone.
+
+Every write the reducer relies on for correctness is conditional and
+idempotent, so two reducers handling events of one session at once, or the
+same event twice, cannot both win:
+
+- :meth:`Store.count_edge` counts an edge at most once, and exactly one
+  caller sees the count reach ``expected``;
+- :meth:`Store.transition` applies a change only if the run is still in the
+  status (and attempt) the caller saw;
+- :meth:`Store.acquire_slot` never lets more than ``limit`` holders in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine.events import Event, HistoryEntry
+from engine.state import JobRun, JobStatus, Outcome, Session, SessionStatus
+
+
+class Store(Protocol):
+    """Sessions, job runs and history."""
+
+    def create_session(self, session: Session) -> None:
+        """Write a new session (its id is new; raises Conflict if it exists)."""
+
+    def get_session(self, session_id: str) -> Session:
+        """The session (raises SessionNotFound)."""
+
+    def set_session_status(
+        self,
+        session_id: str,
+        expect: set[SessionStatus],
+        status: SessionStatus,
+        changes: Mapping[str, Any] | None = None,
+    ) -> Session | None:
+        """Change the status if it is one of ``expect``; None when it was not."""
+
+    def count_finished(self, session_id: str, failed: bool) -> Session:
+        """Atomically add one finished run (and one failed, if so); the updated session."""
+
+    def acquire_slot(self, session_id: str, scope: str | None, limit: int) -> bool:
+        """Take one of ``limit`` running slots of the session (scope None) or of a fan-out.
+
+        Slots are counted, not owned: the reducer releases one exactly once, after
+        the conditional write that ends (or loses) the attempt holding it. A reducer
+        that dies in between leaks the slot until the session ends (a sweeper's job).
+        """
+
+    def release_slot(self, session_id: str, scope: str | None) -> None:
+        """Give back a slot taken by :meth:`acquire_slot`."""
+
+    def put_run(self, run: JobRun) -> bool:
+        """Write a run if no run has its key yet; whether it was written."""
+
+    def get_run(self, session_id: str, key: str) -> JobRun | None: ...
+
+    def transition(
+        self,
+        session_id: str,
+        key: str,
+        expect: set[JobStatus],
+        changes: Mapping[str, Any],
+        attempt: int | None = None,
+    ) -> JobRun | None:
+        """Apply ``changes`` if the run's status is in ``expect`` (and its attempt is
+        ``attempt``, when given); the updated run, or None when the condition failed."""
+
+    def count_edge(
+        self,
+        session_id: str,
+        key: str,
+        job_id: str,
+        index: int | None,
+        edge: str,
+        outcome: Outcome,
+        expected: int,
+    ) -> JobRun | None:
+        """Record that ``edge`` (a parent job id, or a fan-out item ``[i]``) finished.
+
+        Creates the run (status WAITING, with ``expected``) if it has no record
+        yet; ``expected`` is ignored for a run that exists (a fan-out sets its
+        own when it claims its items). Idempotent: returns None when this edge
+        was counted before, so exactly one caller sees
+        ``len(parents_done) == expected``. Outcomes come back as :class:`Outcome`.
+        """
+
+    def runs(
+        self,
+        session_id: str,
+        statuses: set[JobStatus] | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobRun]:
+        """Runs of a session ordered by job id then item index (display, cancel, queues)."""
+
+    def delete_runs(self, session_id: str, keys: Sequence[str]) -> None:
+        """Forget runs (a session retry re-runs them)."""
+
+    def append_history(self, entry: HistoryEntry) -> None: ...
+
+    def history(self, session_id: str, after: int = 0) -> list[tuple[int, HistoryEntry]]:
+        """The session's history entries after sequence number ``after``."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An order to start one attempt of a run.
+
+    Attributes:
+        dispatch_id: ``session/key/attempt``: the same for a re-sent order,
+            so a service (or a job's own code) can de-duplicate.
+    """
+
+    session_id: str
+    key: str
+    job_id: str
+    job_type: str
+    attempt: int
+    inputs: Mapping[str, Any]
+    timeout: float | None
+    dispatch_id: str
+
+
+class Dispatcher(Protocol):
+    """Starts and stops work; results come back later as AttemptFinished events."""
+
+    def dispatch(self, order: Dispatch) -> str | None:
+        """Start the work; the service's handle for it (to stop it), if any.
+
+        Raises:
+            DispatchFailed: the work could not be started (counts as a failed attempt).
+        """
+
+    def stop(self, session_id: str, key: str, handle: str | None) -> None:
+        """Stop running work where the service allows it (best effort)."""
+
+
+class Timers(Protocol):
+    """Puts an event back to the reducer at a time (a retry, a timeout)."""
+
+    def schedule(self, event: Event, at: str) -> None: ...

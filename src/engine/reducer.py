@@ -1,0 +1,643 @@
+"""The reducer: takes one event of a session, records it, and drives the graph on.
+
+This is the design card's loop. For an attempt that finished it records the
+outcome (a conditional write), counts the edge to each child (idempotent),
+decides every child whose parents are now all done — trigger rule,
+condition, ``${...}`` inputs — claims it (conditional write) and dispatches
+it; when every job is terminal it closes the session. Nothing here waits,
+polls, reads a clock or draws a random number: time comes with the event,
+jitter from a hash of (session, run, attempt).
+
+Every step tolerates the event arriving twice, late, or while another
+reducer handles another event of the same session: a step whose condition
+fails has lost a race (or is a duplicate) and does nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from engine.errors import (
+    BunsuiError,
+    DispatchFailed,
+    ExpressionError,
+    OutputTooLarge,
+    UnknownName,
+)
+from engine.events import (
+    AttemptFinished,
+    AttemptTimedOut,
+    CancelRequested,
+    Event,
+    HistoryEntry,
+    PauseRequested,
+    ResumeRequested,
+    RetryDue,
+    SessionStarted,
+    SessionTimedOut,
+)
+from engine.expressions import truth
+from engine.inputs import fan_out_items, job_inputs
+from engine.pipeline import JobBase, Pipeline
+from engine.ports import Dispatch, Dispatcher, Store, Timers
+from engine.semantics import Readiness, read_result, retry_delay, trigger
+from engine.state import (
+    TERMINAL_JOB,
+    JobRun,
+    JobStatus,
+    Outcome,
+    Session,
+    SessionStatus,
+    run_key,
+)
+from engine.templates import parse_condition, value_references
+
+PipelineSource = Callable[[str, int], Pipeline]
+"""Gives the pinned pipeline version of a session: (name, version) -> Pipeline."""
+
+_LIVE = {SessionStatus.RUNNING, SessionStatus.PAUSED}
+_DRAIN_LOOKAHEAD = 20
+
+
+def later(now: str, seconds: float) -> str:
+    """The ISO time ``seconds`` after ``now``."""
+    return (datetime.fromisoformat(now) + timedelta(seconds=seconds)).isoformat()
+
+
+def _uniform(*parts: object) -> float:
+    """A reproducible draw from [0, 1): retries of one attempt always get the same jitter."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class _Call:
+    """What one event handling knows: the session as read, the pipeline, the time."""
+
+    session: Session
+    pipeline: Pipeline
+    now: str
+    ready: deque[str] = field(default_factory=deque)
+    """Job ids whose parents are all done, to decide (a queue, not recursion)."""
+
+
+class Reducer:
+    """Handles events of sessions against the ports.
+
+    Args:
+        store: Sessions, runs and history.
+        dispatcher: Starts and stops work.
+        timers: Brings retry and timeout events back.
+        pipelines: The pinned pipeline of a session.
+    """
+
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, timers: Timers, pipelines: PipelineSource
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.timers = timers
+        self.pipelines = pipelines
+
+    # ------------------------------------------------------------------ entry points
+
+    def start(
+        self,
+        pipeline: Pipeline,
+        version: int,
+        parameters: Mapping[str, Any],
+        session_id: str,
+        now: str,
+    ) -> Session:
+        """Create a session and dispatch its root jobs.
+
+        Args:
+            pipeline: The pipeline (already validated).
+            version: The stored version it is; the session pins it.
+            parameters: Checked parameter values (``resolve_parameters``).
+            session_id: A new id.
+            now: The time, ISO-8601.
+        """
+        session = Session(
+            id=session_id,
+            pipeline=pipeline.name,
+            version=version,
+            parameters=dict(parameters),
+            total=len(pipeline.jobs),
+            created_at=now,
+        )
+        self.store.create_session(session)
+        self._history(session_id, now, "session_started", detail={"version": version})
+        if pipeline.timeout:
+            self.timers.schedule(
+                SessionTimedOut(session_id, later(now, pipeline.timeout)),
+                later(now, pipeline.timeout),
+            )
+        self.handle(SessionStarted(session_id, now))
+        return self.store.get_session(session_id)
+
+    def handle(self, event: Event) -> None:
+        """Apply one event; safe to call twice with the same event, or out of order."""
+        session = self.store.get_session(event.session_id)
+        if session.status.terminal:
+            return  # a late event of a finished session changes nothing
+        call = _Call(session, self.pipelines(session.pipeline, session.version), event.now)
+        if isinstance(event, SessionStarted):
+            call.ready.extend(call.pipeline.graph.roots())
+        elif isinstance(event, AttemptFinished):
+            self._attempt_finished(call, event)
+        elif isinstance(event, RetryDue):
+            run = self.store.get_run(session.id, event.key)
+            if run and run.status is JobStatus.RETRYING and run.attempt == event.attempt:
+                self._start(call, run)
+        elif isinstance(event, AttemptTimedOut):
+            self._timed_out(call, event)
+        elif isinstance(event, SessionTimedOut):
+            timeout = call.pipeline.timeout or 0
+            self._cancel(call, SessionStatus.FAILED, f"session timed out after {timeout:g}s")
+        elif isinstance(event, CancelRequested):
+            self._cancel(call, SessionStatus.CANCELLED, event.reason)
+        elif isinstance(event, PauseRequested):
+            if self.store.set_session_status(
+                session.id, {SessionStatus.RUNNING}, SessionStatus.PAUSED
+            ):
+                self._history(session.id, call.now, "session_paused")
+        elif isinstance(event, ResumeRequested):
+            self._resume(call)
+        while call.ready:
+            self._decide(call, call.ready.popleft())
+
+    # ------------------------------------------------------------------ deciding
+
+    def _decide(self, call: _Call, job_id: str) -> None:
+        """A job whose parents are all done: skip it, fail it, fan it out or start it."""
+        job = call.pipeline.job(job_id)
+        parents = call.pipeline.graph.parents(job_id)
+        run = self.store.get_run(call.session.id, job_id)
+        if run is None:
+            self.store.put_run(JobRun(call.session.id, job_id, job_id, expected=len(parents)))
+            run = self.store.get_run(call.session.id, job_id)
+        if run is None or run.status is not JobStatus.WAITING:
+            return  # decided already (a duplicate delivery got here too)
+        readiness = trigger(job.trigger_rule, [run.parents_done[p] for p in parents])
+        if readiness is Readiness.UPSTREAM_FAILED:
+            failed = [p for p in parents if run.parents_done[p] is Outcome.FAILURE]
+            self._end(
+                call, run, JobStatus.UPSTREAM_FAILED, reason=f"upstream failed: {', '.join(failed)}"
+            )
+            return
+        if readiness is Readiness.SKIP:
+            self._end(
+                call,
+                run,
+                JobStatus.SKIPPED,
+                reason=f"trigger rule {job.trigger_rule.value} not met",
+            )
+            return
+        scope = RunScope(self.store, call, job, run)
+        try:
+            if not self._condition_holds(job, scope):
+                self._end(
+                    call, run, JobStatus.SKIPPED, reason=f"condition is false: {job.condition}"
+                )
+                return
+            fan = job.fan_out
+            items = fan_out_items(fan, scope) if fan is not None else None
+        except ExpressionError as exc:
+            self._end(call, run, JobStatus.FAILED, error=str(exc))
+            return
+        if items is None:
+            self._start(call, run)
+        else:
+            self._fan_out(call, run, items)
+
+    @staticmethod
+    def _condition_holds(job: JobBase, scope: RunScope) -> bool:
+        if job.condition is None:
+            return True
+        if isinstance(job.condition, bool):
+            return job.condition
+        return truth(parse_condition(job.condition).evaluate(scope), job.condition)
+
+    def _fan_out(self, call: _Call, run: JobRun, items: list[Any]) -> None:
+        if not items:
+            self._end(call, run, JobStatus.SUCCEEDED, reason="no items")
+            return
+        # Claim the fan-out before its items exist: a duplicate decision stops here.
+        claimed = self.store.transition(
+            call.session.id,
+            run.key,
+            {JobStatus.WAITING},
+            {
+                "status": JobStatus.RUNNING,
+                "expected": len(items),
+                "started_at": call.now,
+                "updated_at": call.now,
+            },
+        )
+        if claimed is None:
+            return
+        self._history(
+            call.session.id, call.now, "fan_out_started", run.key, detail={"items": len(items)}
+        )
+        for index, item in enumerate(items):
+            self.store.put_run(
+                JobRun(
+                    call.session.id, run_key(run.job_id, index), run.job_id, index=index, item=item
+                )
+            )
+        for index in range(len(items)):
+            item_run = self.store.get_run(call.session.id, run_key(run.job_id, index))
+            if item_run is not None and item_run.status is JobStatus.WAITING:
+                self._start(call, item_run)
+
+    # ------------------------------------------------------------------ starting
+
+    def _start(self, call: _Call, run: JobRun) -> bool:
+        """Claim the next attempt of a run and dispatch it, or queue it behind a limit.
+
+        Returns:
+            Whether the run was claimed and dispatched.
+        """
+        if call.session.status is not SessionStatus.RUNNING:
+            self._queue(call, run)
+            return False
+        if not self._acquire(call, run):
+            if not (self._queue(call, run) and self._acquire(call, run)):
+                return False
+            # A slot was freed between the first try and queueing: its releaser may
+            # have looked for queued runs before this one was queued, so take it now.
+            queued = self.store.get_run(call.session.id, run.key)
+            if queued is None or queued.status is not JobStatus.QUEUED:
+                self._release(call, run)
+                return False
+            run = queued
+        return self._claim(call, run)
+
+    def _queue(self, call: _Call, run: JobRun) -> bool:
+        if run.status is JobStatus.QUEUED:
+            return True
+        queued = self.store.transition(
+            call.session.id,
+            run.key,
+            {run.status},
+            {"status": JobStatus.QUEUED, "updated_at": call.now},
+            attempt=run.attempt,
+        )
+        return queued is not None
+
+    def _limits(self, call: _Call, run: JobRun) -> list[tuple[str | None, int]]:
+        job = call.pipeline.job(run.job_id)
+        limits: list[tuple[str | None, int]] = []
+        fan = job.fan_out
+        if run.index is not None and fan is not None and fan.max_concurrency:
+            limits.append((run.job_id, fan.max_concurrency))
+        if call.pipeline.max_concurrency:
+            limits.append((None, call.pipeline.max_concurrency))
+        return limits
+
+    def _acquire(self, call: _Call, run: JobRun) -> bool:
+        taken: list[str | None] = []
+        for scope, limit in self._limits(call, run):
+            if not self.store.acquire_slot(call.session.id, scope, limit):
+                for held in taken:
+                    self.store.release_slot(call.session.id, held)
+                return False
+            taken.append(scope)
+        return True
+
+    def _release(self, call: _Call, run: JobRun) -> None:
+        limits = self._limits(call, run)
+        for scope, _ in limits:
+            self.store.release_slot(call.session.id, scope)
+        # Each freed slot goes to a queued run of its scope, in key order. A queued run
+        # may still be held by its other limit (a fan-out's), so look a little further.
+        for scope, _ in limits:
+            for queued in self.store.runs(
+                call.session.id, {JobStatus.QUEUED}, job_id=scope, limit=_DRAIN_LOOKAHEAD
+            ):
+                if self._start(call, queued):
+                    break
+
+    def _claim(self, call: _Call, run: JobRun) -> bool:
+        job = call.pipeline.job(run.job_id)
+        try:
+            inputs = job_inputs(job, RunScope(self.store, call, job, run))
+        except ExpressionError as exc:
+            self._release(call, run)
+            self._end(call, run, JobStatus.FAILED, error=str(exc))
+            return False
+        attempt = run.attempt + 1
+        changes: dict[str, Any] = {
+            "status": JobStatus.RUNNING,
+            "attempt": attempt,
+            "inputs": inputs,
+            "updated_at": call.now,
+            "error": None,
+        }
+        if run.started_at is None:
+            changes["started_at"] = call.now
+        claimed = self.store.transition(
+            call.session.id, run.key, {run.status}, changes, attempt=run.attempt
+        )
+        if claimed is None:
+            self._release(call, run)  # another reducer claimed this attempt
+            return False
+        self._history(call.session.id, call.now, "job_dispatched", run.key, attempt)
+        if job.timeout:
+            due = later(call.now, job.timeout)
+            self.timers.schedule(AttemptTimedOut(call.session.id, run.key, attempt, due), due)
+        order = Dispatch(
+            call.session.id,
+            run.key,
+            run.job_id,
+            str(job.type),
+            attempt,
+            inputs,
+            job.timeout,
+            f"{call.session.id}/{run.key}/{attempt}",
+        )
+        try:
+            handle = self.dispatcher.dispatch(order)
+        except DispatchFailed as exc:
+            self._attempt_failed(call, claimed, str(exc))
+            return True
+        if handle is not None:
+            self.store.transition(
+                call.session.id, run.key, {JobStatus.RUNNING}, {"handle": handle}, attempt=attempt
+            )
+        return True
+
+    # ------------------------------------------------------------------ results
+
+    def _attempt_finished(self, call: _Call, event: AttemptFinished) -> None:
+        run = self.store.get_run(call.session.id, event.key)
+        if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
+            return  # a duplicate, or the result of an attempt that timed out or was cancelled
+        if event.error is not None:
+            self._attempt_failed(call, run, event.error)
+            return
+        result = read_result(event.result)
+        if not result.succeeded:
+            self._attempt_failed(call, run, result.error or "failed")
+            return
+        try:
+            self._end(call, run, JobStatus.SUCCEEDED, output=result.output)
+        except OutputTooLarge as exc:
+            self._attempt_failed(call, run, str(exc))
+
+    def _timed_out(self, call: _Call, event: AttemptTimedOut) -> None:
+        run = self.store.get_run(call.session.id, event.key)
+        if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
+            return
+        self.dispatcher.stop(call.session.id, run.key, run.handle)
+        timeout = call.pipeline.job(run.job_id).timeout or 0
+        self._attempt_failed(call, run, f"timed out after {timeout:g}s")
+
+    def _attempt_failed(self, call: _Call, run: JobRun, error: str) -> None:
+        job = call.pipeline.job(run.job_id)
+        delay = retry_delay(job, run.attempt, _uniform(call.session.id, run.key, run.attempt))
+        if delay is None:
+            self._end(call, run, JobStatus.FAILED, error=error)
+            return
+        waiting = self.store.transition(
+            call.session.id,
+            run.key,
+            {JobStatus.RUNNING},
+            {"status": JobStatus.RETRYING, "error": error, "updated_at": call.now},
+            attempt=run.attempt,
+        )
+        if waiting is None:
+            return
+        self._history(
+            call.session.id,
+            call.now,
+            "job_retrying",
+            run.key,
+            run.attempt,
+            {"error": error, "delay": delay},
+        )
+        due = later(call.now, delay)
+        self.timers.schedule(RetryDue(call.session.id, run.key, run.attempt, due), due)
+        self._release(call, run)
+
+    # ------------------------------------------------------------------ ending
+
+    def _end(
+        self,
+        call: _Call,
+        run: JobRun,
+        status: JobStatus,
+        *,
+        output: Any = None,
+        error: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Make a run terminal, then count it where it counts: its fan-out or its children."""
+        ended = self.store.transition(
+            call.session.id,
+            run.key,
+            {run.status},
+            {
+                "status": status,
+                "output": output,
+                "error": error,
+                "reason": reason,
+                "ended_at": call.now,
+                "updated_at": call.now,
+            },
+            attempt=run.attempt,
+        )
+        if ended is None:
+            return  # lost to another reducer, or a duplicate
+        self._history(
+            call.session.id,
+            call.now,
+            f"job_{status.value}",
+            run.key,
+            run.attempt,
+            {k: v for k, v in (("error", error), ("reason", reason)) if v},
+        )
+        if run.status is JobStatus.RUNNING and not (
+            run.index is None and call.pipeline.job(run.job_id).fan_out
+        ):
+            self._release(call, run)
+        if run.index is not None:
+            self._count_item(call, ended)
+            return
+        session = self.store.count_finished(call.session.id, failed=status is JobStatus.FAILED)
+        graph = call.pipeline.graph
+        for child in graph.children(run.job_id):
+            edge = self.store.count_edge(
+                call.session.id,
+                child,
+                child,
+                None,
+                run.job_id,
+                Outcome.of(status),
+                graph.in_degree(child),
+            )
+            if edge is not None and len(edge.parents_done) == edge.expected:
+                call.ready.append(child)
+        if session.finished >= session.total:
+            self._close(call, session)
+
+    def _count_item(self, call: _Call, item: JobRun) -> None:
+        fan = self.store.count_edge(
+            call.session.id,
+            item.job_id,
+            item.job_id,
+            None,
+            f"[{item.index}]",
+            Outcome.of(item.status),
+            0,
+        )
+        if fan is None or len(fan.parents_done) < fan.expected:
+            return
+        failed = sorted(k for k, v in fan.parents_done.items() if v is not Outcome.SUCCESS)
+        if failed:
+            shown = ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
+            self._end(
+                call,
+                fan,
+                JobStatus.FAILED,
+                error=f"{len(failed)} of {fan.expected} items failed: {shown}",
+            )
+        else:
+            self._end(call, fan, JobStatus.SUCCEEDED)
+
+    def _close(self, call: _Call, session: Session) -> None:
+        status = SessionStatus.FAILED if session.failed else SessionStatus.SUCCEEDED
+        closed = self.store.set_session_status(session.id, _LIVE, status, {"ended_at": call.now})
+        if closed is not None:
+            self._history(session.id, call.now, f"session_{status.value}")
+
+    def _cancel(self, call: _Call, final: SessionStatus, reason: str) -> None:
+        if self.store.set_session_status(call.session.id, _LIVE, SessionStatus.CANCELLING) is None:
+            return
+        live = set(JobStatus) - TERMINAL_JOB
+        for run in self.store.runs(call.session.id, live):
+            if run.status is JobStatus.RUNNING:
+                self.dispatcher.stop(call.session.id, run.key, run.handle)
+            self.store.transition(
+                call.session.id,
+                run.key,
+                {run.status},
+                {
+                    "status": JobStatus.CANCELLED,
+                    "reason": reason,
+                    "ended_at": call.now,
+                    "updated_at": call.now,
+                },
+            )
+        self.store.set_session_status(
+            call.session.id,
+            {SessionStatus.CANCELLING},
+            final,
+            {"ended_at": call.now, "reason": reason},
+        )
+        self._history(
+            call.session.id, call.now, f"session_{final.value}", detail={"reason": reason}
+        )
+
+    def _resume(self, call: _Call) -> None:
+        resumed = self.store.set_session_status(
+            call.session.id, {SessionStatus.PAUSED}, SessionStatus.RUNNING
+        )
+        if resumed is None:
+            return
+        call.session = resumed
+        self._history(call.session.id, call.now, "session_resumed")
+        for run in self.store.runs(call.session.id, {JobStatus.QUEUED}):
+            self._start(call, run)
+
+    def _history(
+        self,
+        session_id: str,
+        at: str,
+        kind: str,
+        key: str | None = None,
+        attempt: int | None = None,
+        detail: Any = None,
+    ) -> None:
+        self.store.append_history(HistoryEntry(session_id, at, kind, key, attempt, detail))
+
+
+class RunScope:
+    """The names one run's expressions read, loaded from the store only when read.
+
+    Upstream outputs are searched nearest ancestor first and only as far as
+    the name is found, so resolving costs reads in proportion to the
+    distance to the producer, never to the size of the session.
+    """
+
+    def __init__(self, store: Store, call: _Call, job: JobBase, run: JobRun) -> None:
+        self.store = store
+        self.call = call
+        self.job = job
+        self.run = run
+
+    def resolve(self, name: str) -> Any:
+        session, graph = self.call.session, self.call.pipeline.graph
+        if self.run.index is not None and name in ("item", "item_index"):
+            return self.run.item if name == "item" else self.run.index
+        if name == "session":
+            return {
+                "id": session.id,
+                "pipeline": session.pipeline,
+                "pipeline_version": session.version,
+                "started_at": session.created_at,
+            }
+        if name == "jobs":
+            return {job_id: self._view(job_id) for job_id in self._jobs_read()}
+        if name in session.parameters:
+            return session.parameters[name]
+        searched = []
+        for ancestor in graph.iter_ancestors(self.job.id):
+            searched.append(ancestor)
+            found = self.store.get_run(session.id, ancestor)
+            if found is not None and isinstance(found.output, dict) and name in found.output:
+                return found.output[name]
+        where = ", ".join(searched[:20]) + (" ..." if len(searched) > 20 else "")
+        raise UnknownName(
+            name,
+            f"name '{name}' is not a parameter and was not found in the "
+            f"outputs of the upstream jobs ({where or 'none'})",
+        )
+
+    def _jobs_read(self) -> list[str]:
+        graph = self.call.pipeline.graph
+        values: list[Any] = [self.job.parameters.model_dump(mode="json")]
+        if isinstance(self.job.condition, str):
+            values.append(self.job.condition)
+        if self.job.fan_out is not None:
+            values.append(self.job.fan_out.model_dump(mode="json"))
+        ids = []
+        for _, ref in value_references(values):
+            if ref.root == "jobs" and ref.path and isinstance(ref.path[0], str):
+                target = ref.path[0]
+                if target not in ids and graph.is_ancestor(target, of=self.job.id):
+                    ids.append(target)
+        return ids
+
+    def _view(self, job_id: str) -> dict[str, Any]:
+        found = self.store.get_run(self.call.session.id, job_id)
+        status = found.status.value if found else "not_started"
+        view: dict[str, Any] = {"status": status, "output": found.output if found else None}
+        if self.call.pipeline.job(job_id).fan_out is not None:
+            items = self.store.runs(self.call.session.id, job_id=job_id)
+            view["outputs"] = [
+                i.output
+                for i in sorted(
+                    (i for i in items if i.index is not None), key=lambda i: i.index or 0
+                )
+            ]
+        return view
+
+
+__all__ = ["BunsuiError", "PipelineSource", "Reducer", "RunScope", "later"]
