@@ -46,6 +46,18 @@ class Store(Protocol):
     def count_finished(self, session_id: str, failed: bool) -> Session:
         """Atomically add one finished run (and one failed, if so); the updated session."""
 
+    def recount(self, session_id: str) -> Session:
+        """Set ``finished``/``failed`` from the job runs themselves (a repair after a crash
+        between ending a run and counting it)."""
+
+    def sessions(
+        self,
+        pipeline: str | None = None,
+        statuses: set[SessionStatus] | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """Sessions, newest first, optionally of one pipeline and in some statuses."""
+
     def acquire_slot(self, session_id: str, scope: str | None, limit: int) -> bool:
         """Take one of ``limit`` running slots of the session (scope None) or of a fan-out.
 

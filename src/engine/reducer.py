@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.errors import (
     BunsuiError,
+    Conflict,
     DispatchFailed,
     ExpressionError,
     OutputTooLarge,
@@ -171,6 +172,135 @@ class Reducer:
             self._resume(call)
         while call.ready:
             self._decide(call, call.ready.popleft())
+
+    def repair(self, session_id: str, now: str, lost: str) -> None:
+        """Drive on a session left half-done by a reducer or driver that died.
+
+        Every step is one the reducer would have taken and is idempotent, so a
+        repair of a healthy session changes nothing: attempts that were running
+        when the driver died count as failed (``lost`` is their error) and retry
+        if they may; retries whose timers were lost are due now; edges of
+        finished runs are counted again (counted ones are ignored) and ready
+        jobs decided; queued runs get a chance at a free slot; the counters
+        are recounted, and the session closed if every job is done.
+        """
+        session = self.store.get_session(session_id)
+        if session.status.terminal:
+            return
+        call = _Call(session, self.pipelines(session.pipeline, session.version), now)
+        pipeline, graph = call.pipeline, call.pipeline.graph
+        runs = self.store.runs(session_id)
+        for run in runs:
+            fan_parent = run.index is None and pipeline.job(run.job_id).fan_out is not None
+            if run.status is JobStatus.RUNNING and not fan_parent:
+                self._attempt_finished(
+                    call, AttemptFinished(session_id, run.key, run.attempt, now, error=lost)
+                )
+            elif run.status is JobStatus.RETRYING:
+                self._start(call, run)
+        for run in self.store.runs(session_id):
+            if run.index is not None and run.status.terminal:
+                self._count_item(call, run)
+            elif run.index is None and run.status.terminal:
+                for child in graph.children(run.job_id):
+                    self.store.count_edge(
+                        session_id,
+                        child,
+                        child,
+                        None,
+                        run.job_id,
+                        Outcome.of(run.status),
+                        graph.in_degree(child),
+                    )
+        for run in self.store.runs(session_id, {JobStatus.WAITING}):
+            if run.index is None and len(run.parents_done) == run.expected:
+                call.ready.append(run.job_id)
+        for job_id in graph.roots():
+            if self.store.get_run(session_id, job_id) is None:
+                call.ready.append(job_id)
+        for run in self.store.runs(session_id, {JobStatus.QUEUED}):
+            self._start(call, run)
+        while call.ready:
+            self._decide(call, call.ready.popleft())
+        session = self.store.recount(session_id)
+        if session.finished >= session.total:
+            self._close(call, session)
+
+    def retry(
+        self, session_id: str, now: str, parameters: Mapping[str, Any] | None = None
+    ) -> Session:
+        """Re-run a failed or cancelled session's failed and cancelled jobs and what they
+        skipped, keeping the outputs of the jobs that succeeded.
+
+        Args:
+            session_id: A session that ended FAILED or CANCELLED.
+            now: The time.
+            parameters: New parameter values (already checked), if they change.
+
+        Raises:
+            Conflict: the session is not failed or cancelled.
+        """
+        session = self.store.get_session(session_id)
+        if session.status not in (SessionStatus.FAILED, SessionStatus.CANCELLED):
+            raise Conflict(
+                f"session '{session_id}' is {session.status.value}; only a failed or "
+                "cancelled session can be retried."
+            )
+        pipeline = self.pipelines(session.pipeline, session.version)
+        graph = pipeline.graph
+        kept = {
+            run.job_id: run
+            for run in self.store.runs(session_id)
+            if run.index is None
+            and run.status.terminal
+            and run.status is not JobStatus.CANCELLED
+            and run.status is not JobStatus.FAILED
+            and run.status is not JobStatus.UPSTREAM_FAILED
+            and not (run.status is JobStatus.SKIPPED and (run.reason or "").startswith("trigger"))
+        }
+        redo = [
+            job_id
+            for job_id in graph.topological_order
+            if job_id not in kept or any(p not in kept for p in graph.ancestors(job_id))
+        ]
+        redo_set = set(redo)
+        doomed = [run.key for run in self.store.runs(session_id) if run.job_id in redo_set]
+        self.store.delete_runs(session_id, doomed)
+        changes: dict[str, Any] = {"ended_at": None, "reason": None}
+        if parameters is not None:
+            changes["parameters"] = dict(parameters)
+        reopened = self.store.set_session_status(
+            session_id,
+            {SessionStatus.FAILED, SessionStatus.CANCELLED},
+            SessionStatus.RUNNING,
+            changes,
+        )
+        if reopened is None:
+            raise Conflict(f"session '{session_id}' changed while it was being retried.")
+        self.store.recount(session_id)
+        self._history(session_id, now, "session_retried", detail={"jobs": redo})
+        call = _Call(reopened, pipeline, now)
+        for job_id in redo:
+            parents = graph.parents(job_id)
+            if any(p in redo_set for p in parents):
+                continue  # counted when that parent ends
+            if not parents:
+                call.ready.append(job_id)
+            for parent in parents:
+                edge = self.store.count_edge(
+                    session_id,
+                    job_id,
+                    job_id,
+                    None,
+                    parent,
+                    Outcome.of(kept[parent].status),
+                    len(parents),
+                )
+                if edge is not None and len(edge.parents_done) == edge.expected:
+                    call.ready.append(job_id)
+        while call.ready:
+            self._decide(call, call.ready.popleft())
+        return self.store.get_session(session_id)
 
     # ------------------------------------------------------------------ deciding
 
@@ -497,7 +627,13 @@ class Reducer:
             Outcome.of(item.status),
             0,
         )
-        if fan is None or len(fan.parents_done) < fan.expected:
+        if fan is None:
+            # Counted before: by a duplicate, or by a reducer that died before ending
+            # the fan-out. Ending it again is safe: _end is a conditional write.
+            fan = self.store.get_run(call.session.id, item.job_id)
+            if fan is None or fan.status is not JobStatus.RUNNING:
+                return
+        if len(fan.parents_done) < fan.expected:
             return
         failed = sorted(k for k, v in fan.parents_done.items() if v is not Outcome.SUCCESS)
         if failed:

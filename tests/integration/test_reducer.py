@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.events import AttemptTimedOut, CancelRequested, PauseRequested, ResumeRequested
 from engine.state import JobStatus, SessionStatus
 from tests.conftest import PRODUCT_PIPELINE
@@ -291,3 +293,76 @@ def test_history_tells_the_story_in_order():
     assert kinds[-1] == "session_succeeded"
     assert kinds.count("job_dispatched") == 4
     assert "job_skipped" in kinds
+
+
+def test_retry_reruns_failed_and_skipped_jobs_and_keeps_succeeded_outputs():
+    h = Harness(PRODUCT, PRODUCT_VALUES)
+    h.finish("prepare_data", {"rows": 5000})
+    h.finish("validate_data", {})
+    for _ in range(3):
+        h.finish("train_model", error="exit code 1")
+        h.tick(10)
+        h.fire_timers()
+    assert h.session_status() is SessionStatus.FAILED
+    session = h.reducer.retry(h.session_id, h.tick(), {**PRODUCT_VALUES, "model_version": "v2"})
+    assert session.status is SessionStatus.RUNNING
+    assert h.status("prepare_data") is JobStatus.SUCCEEDED
+    assert h.run("prepare_data").output == {"rows": 5000}
+    assert h.status("train_model") is JobStatus.RUNNING
+    train = [o for o in h.world.orders if o.key == "train_model"]
+    assert train[-1].attempt == 1
+    assert train[-1].inputs["environment"]["OUTPUT_PATH"].endswith("/v2")
+    assert h.dispatched().count("prepare_data") == 1
+    h.finish("train_model", {})
+    h.finish("evaluate_model", {"evaluation_passed": True, "evaluation_metrics": {}})
+    h.finish("deploy_model", {})
+    h.finish("update_registry", {})
+    assert h.session_status() is SessionStatus.SUCCEEDED
+
+
+def test_retry_of_a_running_session_is_refused():
+    from engine.errors import Conflict
+
+    h = Harness(PRODUCT, PRODUCT_VALUES)
+    with pytest.raises(Conflict, match="only a failed or cancelled session"):
+        h.reducer.retry(h.session_id, h.tick())
+
+
+def test_repair_counts_lost_attempts_as_failed_and_drives_on():
+    h = Harness(PRODUCT, PRODUCT_VALUES)
+    h.finish("prepare_data", {})
+    h.finish("validate_data", {})
+    assert h.status("train_model") is JobStatus.RUNNING
+    # The driver died while train_model ran: its attempt is lost, and it may retry.
+    h.reducer.repair(h.session_id, h.tick(), "the local driver stopped while this attempt ran")
+    run = h.run("train_model")
+    assert run.status is JobStatus.RETRYING
+    assert "driver stopped" in run.error
+    # A second repair (the timer was lost too) starts the retry at once.
+    h.reducer.repair(h.session_id, h.tick(), "lost")
+    assert h.status("train_model") is JobStatus.RUNNING
+    assert h.run("train_model").attempt == 2
+    assert h.dispatched().count("prepare_data") == 1
+
+
+def test_repair_finishes_what_a_crash_left_between_two_writes():
+    h = Harness(PRODUCT, PRODUCT_VALUES)
+    h.finish("prepare_data", {})
+    # Simulate a crash after prepare_data's end was written but before its edge was
+    # counted and validate_data decided: forget the child, undo the counter.
+    h.store.delete_runs(h.session_id, ["validate_data"])
+    h.world.orders = [o for o in h.world.orders if o.key != "validate_data"]
+    h.reducer.repair(h.session_id, h.tick(), "lost")
+    assert h.dispatched() == ["prepare_data", "validate_data"]
+    assert h.status("validate_data") is JobStatus.RUNNING
+    h.finish("validate_data", {})
+    assert h.status("train_model") is JobStatus.RUNNING
+
+
+def test_repair_closes_a_session_whose_last_count_was_lost():
+    text = 'version: "1.1"\nname: one\njobs: [{id: a, type: custom, parameters: {command: x}}]\n'
+    h = Harness(text)
+    h.store.transition(h.session_id, "a", {JobStatus.RUNNING}, {"status": JobStatus.SUCCEEDED})
+    assert h.session_status() is SessionStatus.RUNNING  # ended, but never counted
+    h.reducer.repair(h.session_id, h.tick(), "lost")
+    assert h.session_status() is SessionStatus.SUCCEEDED

@@ -25,7 +25,7 @@ from typing import Any
 
 from engine.errors import Conflict, OutputTooLarge, PipelineNotFound, SessionNotFound
 from engine.events import HistoryEntry
-from engine.state import JobRun, JobStatus, Outcome, Session, SessionStatus
+from engine.state import TERMINAL_JOB, JobRun, JobStatus, Outcome, Session, SessionStatus
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the schema this module writes; a later one migrates from it."""
@@ -393,6 +393,47 @@ class SqliteStore:
                 (int(failed), session_id),
             )
             return self._get_session(conn, session_id)
+
+    def recount(self, session_id: str) -> Session:
+        """Set the counters from the runs themselves (repair after a crash).
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        terminal = [status.value for status in TERMINAL_JOB]
+        marks = _marks(len(terminal))
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE sessions SET"
+                " finished = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
+                f"  AND idx IS NULL AND status IN ({marks})),"
+                " failed = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
+                "  AND idx IS NULL AND status = ?)"
+                " WHERE id = ?",
+                (*terminal, JobStatus.FAILED.value, session_id),
+            )
+            return self._get_session(conn, session_id)
+
+    def sessions(
+        self,
+        pipeline: str | None = None,
+        statuses: set[SessionStatus] | None = None,
+        limit: int = 100,
+    ) -> list[Session]:
+        """Sessions, newest first, optionally of one pipeline and in some statuses."""
+        where, args = ["1 = 1"], []
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if statuses:
+            where.append(f"status IN ({_marks(len(statuses))})")
+            args.extend(status.value for status in statuses)
+        sql = (
+            f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        with self._read() as conn:
+            return [_session(row) for row in conn.execute(sql, (*args, limit))]
 
     def acquire_slot(self, session_id: str, scope: str | None, limit: int) -> bool:
         """Take one of ``limit`` running slots of the session (scope None) or of a fan-out.
