@@ -100,8 +100,9 @@ class Store(Protocol):
         Creates the run (status WAITING, with ``expected``) if it has no record
         yet; ``expected`` is ignored for a run that exists (a fan-out sets its
         own when it claims its items). Idempotent: returns None when this edge
-        was counted before, so exactly one caller sees
-        ``len(parents_done) == expected``. Outcomes come back as :class:`Outcome`.
+        was counted before, so exactly one caller sees ``done == expected``; that
+        caller's run carries every outcome in ``parents_done`` (as :class:`Outcome`),
+        the others' only the count.
         """
 
     def runs(

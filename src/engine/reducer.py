@@ -107,7 +107,7 @@ class Reducer:
 
     # ------------------------------------------------------------------ entry points
 
-    def start(
+    def create(
         self,
         pipeline: Pipeline,
         version: int,
@@ -115,7 +115,7 @@ class Reducer:
         session_id: str,
         now: str,
     ) -> Session:
-        """Create a session and dispatch its root jobs.
+        """Write a new session without starting anything: a SessionStarted event starts it.
 
         Args:
             pipeline: The pipeline (already validated).
@@ -135,10 +135,20 @@ class Reducer:
         self.store.create_session(session)
         self._history(session_id, now, "session_started", detail={"version": version})
         if pipeline.timeout:
-            self.timers.schedule(
-                SessionTimedOut(session_id, later(now, pipeline.timeout)),
-                later(now, pipeline.timeout),
-            )
+            due = later(now, pipeline.timeout)
+            self.timers.schedule(SessionTimedOut(session_id, due), due)
+        return session
+
+    def start(
+        self,
+        pipeline: Pipeline,
+        version: int,
+        parameters: Mapping[str, Any],
+        session_id: str,
+        now: str,
+    ) -> Session:
+        """:meth:`create` a session and dispatch its root jobs at once."""
+        self.create(pipeline, version, parameters, session_id, now)
         self.handle(SessionStarted(session_id, now))
         return self.store.get_session(session_id)
 
@@ -213,7 +223,7 @@ class Reducer:
                         graph.in_degree(child),
                     )
         for run in self.store.runs(session_id, {JobStatus.WAITING}):
-            if run.index is None and len(run.parents_done) == run.expected:
+            if run.index is None and run.done == run.expected:
                 call.ready.append(run.job_id)
         for job_id in graph.roots():
             if self.store.get_run(session_id, job_id) is None:
@@ -296,7 +306,7 @@ class Reducer:
                     Outcome.of(kept[parent].status),
                     len(parents),
                 )
-                if edge is not None and len(edge.parents_done) == edge.expected:
+                if edge is not None and edge.done == edge.expected:
                     call.ready.append(job_id)
         while call.ready:
             self._decide(call, call.ready.popleft())
@@ -612,7 +622,7 @@ class Reducer:
                 Outcome.of(status),
                 graph.in_degree(child),
             )
-            if edge is not None and len(edge.parents_done) == edge.expected:
+            if edge is not None and edge.done == edge.expected:
                 call.ready.append(child)
         if session.finished >= session.total:
             self._close(call, session)
@@ -633,7 +643,7 @@ class Reducer:
             fan = self.store.get_run(call.session.id, item.job_id)
             if fan is None or fan.status is not JobStatus.RUNNING:
                 return
-        if len(fan.parents_done) < fan.expected:
+        if fan.done < fan.expected:
             return
         failed = sorted(k for k, v in fan.parents_done.items() if v is not Outcome.SUCCESS)
         if failed:

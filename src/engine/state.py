@@ -103,6 +103,9 @@ class JobRun:
         parents_done: The edges already counted: parent key -> :class:`Outcome`.
             For a fan-out, its finished items (``[i]`` -> outcome).
         expected: How many edges decide it (parents, or a fan-out's items).
+        done: How many edges are counted. ``parents_done`` holds their outcomes
+            when the run is read, but :meth:`Store.count_edge` fills it only with
+            the last edge, so counting stays O(1) per edge.
         item: The fan-out item this run works on.
         inputs: The resolved parameters the last attempt was dispatched with.
         output: The result (inline, size-capped by the store).
@@ -120,6 +123,7 @@ class JobRun:
     attempt: int = 0
     parents_done: Mapping[str, Outcome] = field(default_factory=dict)
     expected: int = 0
+    done: int = 0
     item: Any = None
     inputs: Any = None
     output: Any = None

@@ -47,6 +47,7 @@ _SCHEMA = [
         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
         key TEXT NOT NULL, job_id TEXT NOT NULL, idx INTEGER, status TEXT NOT NULL,
         attempt INTEGER NOT NULL DEFAULT 0, expected INTEGER NOT NULL DEFAULT 0,
+        done INTEGER NOT NULL DEFAULT 0,
         item TEXT, inputs TEXT, output TEXT, error TEXT, handle TEXT,
         started_at TEXT, ended_at TEXT, updated_at TEXT, reason TEXT,
         PRIMARY KEY (session_id, key)) WITHOUT ROWID""",
@@ -131,6 +132,7 @@ _RUN_COLUMNS: dict[str, _Column] = {
     "status": ("status", _job_status, JobStatus),
     "attempt": ("attempt", int, _same),
     "expected": ("expected", int, _same),
+    "done": ("done", int, _same),
     "item": ("item", _dumps, _loads),
     "inputs": ("inputs", _dumps, _loads),
     "output": ("output", _output, _loads),
@@ -514,23 +516,35 @@ class SqliteStore:
             "INSERT INTO edges (session_id, key, edge, outcome) VALUES (?, ?, ?, ?)",
             [(session_id, key, edge, Outcome(outcome).value) for edge, outcome in edges.items()],
         )
+        conn.execute(
+            "UPDATE runs SET done = ? WHERE session_id = ? AND key = ?",
+            (len(edges), session_id, key),
+        )
 
     def get_run(self, session_id: str, key: str) -> JobRun | None:
         """The run with this key, or None."""
+        with self._connection() as conn:
+            run = self._get_run(conn, session_id, key, edges=False)
+        if run is None or not run.done:
+            return run  # one SELECT is its own snapshot
         with self._read() as conn:
             return self._get_run(conn, session_id, key)
 
     @staticmethod
-    def _get_run(conn: sqlite3.Connection, session_id: str, key: str) -> JobRun | None:
+    def _get_run(
+        conn: sqlite3.Connection, session_id: str, key: str, edges: bool = True
+    ) -> JobRun | None:
         row = conn.execute(
             "SELECT * FROM runs WHERE session_id = ? AND key = ?", (session_id, key)
         ).fetchone()
         if row is None:
             return None
-        edges = conn.execute(
+        if not edges or not row["done"]:
+            return _run(row, {})  # most runs (roots, items) have no edges to read
+        found = conn.execute(
             "SELECT edge, outcome FROM edges WHERE session_id = ? AND key = ?", (session_id, key)
         ).fetchall()
-        return _run(row, {edge: Outcome(outcome) for edge, outcome in edges})
+        return _run(row, {edge: Outcome(outcome) for edge, outcome in found})
 
     def transition(
         self,
@@ -595,7 +609,8 @@ class SqliteStore:
 
         Returns:
             The updated run, or None when this edge was counted before. Exactly one
-            caller gets a run with ``len(parents_done) == expected``.
+            caller gets a run with ``done == expected``; only that one carries the
+            outcomes in ``parents_done`` (others: ``done`` alone).
 
         Raises:
             SessionNotFound: no session has this id.
@@ -616,7 +631,16 @@ class SqliteStore:
             )
             if cursor.rowcount == 0:
                 return None
-            return self._get_run(conn, session_id, key)
+            conn.execute(
+                "UPDATE runs SET done = done + 1 WHERE session_id = ? AND key = ?",
+                (session_id, key),
+            )
+            # The outcomes are read only when the last edge is in: a fan-in of n parents
+            # (or a fan-out of n items) then costs O(1) per edge, O(n) once.
+            run = self._get_run(conn, session_id, key, edges=False)
+            if run is not None and run.done >= run.expected:
+                run = self._get_run(conn, session_id, key)
+            return run
 
     def runs(
         self,
