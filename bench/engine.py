@@ -38,32 +38,32 @@ def no_op(payload: Any) -> dict[str, Any]:
     return {"ok": True}
 
 
+def job(job_id: str, parents: list[str], extra: str = "", command: str = "x") -> str:
+    return (
+        f"  - {{id: {job_id}, type: custom, depends_on: [{', '.join(parents)}],{extra}"
+        f" parameters: {{command: {command}}}}}"
+    )
+
+
 def chain(n: int) -> str:
-    lines = ['version: "1.1"', f"name: chain-{n}", "jobs:"]
-    for i in range(n):
-        deps = f"[j{i - 1}]" if i else "[]"
-        lines.append(f"  - {{id: j{i}, type: custom, depends_on: {deps}, parameters: {{command: x}}}}")
-    return "\n".join(lines) + "\n"
+    jobs = [job(f"j{i}", [f"j{i - 1}"] if i else []) for i in range(n)]
+    return "\n".join(['version: "1.1"', f"name: chain-{n}", "jobs:", *jobs]) + "\n"
 
 
 def fan_in(n: int) -> str:
-    lines = ['version: "1.1"', f"name: fan-{n}", "jobs:",
-             "  - {id: root, type: custom, parameters: {command: x}}"]
-    for i in range(n):
-        lines.append(f"  - {{id: m{i}, type: custom, depends_on: [root], parameters: {{command: x}}}}")
-    middle = ", ".join(f"m{i}" for i in range(n))
-    lines.append(f"  - {{id: sink, type: custom, depends_on: [{middle}], parameters: {{command: x}}}}")
-    return "\n".join(lines) + "\n"
+    middle = [f"m{i}" for i in range(n)]
+    jobs = [job("root", []), *(job(m, ["root"]) for m in middle), job("sink", middle)]
+    return "\n".join(['version: "1.1"', f"name: fan-{n}", "jobs:", *jobs]) + "\n"
 
 
 def for_each(n: int) -> str:
-    return (
-        f'version: "1.1"\nname: each-{n}\njobs:\n'
-        "  - {id: split, type: custom, parameters: {command: x}}\n"
-        f"  - {{id: each, type: custom, depends_on: [split], for_each: {{items: [{', '.join(map(str, range(n)))}]}},"
-        ' parameters: {command: "run ${item}"}}\n'
-        "  - {id: done, type: custom, depends_on: [each], parameters: {command: x}}\n"
-    )
+    items = ", ".join(map(str, range(n)))
+    jobs = [
+        job("split", []),
+        job("each", ["split"], f" for_each: {{items: [{items}]}},", '"run ${item}"'),
+        job("done", ["each"]),
+    ]
+    return "\n".join(['version: "1.1"', f"name: each-{n}", "jobs:", *jobs]) + "\n"
 
 
 class InProcess:
@@ -123,7 +123,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     quick = parser.parse_args().quick
-    shapes = [("chain", chain, 100), ("fan-out/fan-in", fan_in, 1_000), ("for_each", for_each, 10_000)]
+    shapes = [
+        ("chain", chain, 100),
+        ("fan-out/fan-in", fan_in, 1_000),
+        ("for_each", for_each, 10_000),
+    ]
     if quick:
         shapes = [(label, make, n // 10) for label, make, n in shapes]
     print("| shape | jobs run | engine total | per job | peak traced memory | plain loop per job |")
@@ -133,8 +137,10 @@ def main() -> None:
             text = make(n)
             seconds, jobs, peak = run_engine(text, Path(folder))
             baseline = run_baseline(text)
-            print(f"| {label} {n:,} | {jobs:,} | {seconds:.2f} s | {seconds / jobs * 1000:.3f} ms "
-                  f"| {peak / 1e6:.1f} MB | {baseline / jobs * 1e6:.2f} µs |")
+            print(
+                f"| {label} {n:,} | {jobs:,} | {seconds:.2f} s | {seconds / jobs * 1000:.3f} ms "
+                f"| {peak / 1e6:.1f} MB | {baseline / jobs * 1e6:.2f} µs |"
+            )
 
 
 if __name__ == "__main__":
