@@ -366,3 +366,35 @@ def test_repair_closes_a_session_whose_last_count_was_lost():
     assert h.session_status() is SessionStatus.RUNNING  # ended, but never counted
     h.reducer.repair(h.session_id, h.tick(), "lost")
     assert h.session_status() is SessionStatus.SUCCEEDED
+
+
+def test_a_session_timeout_fails_the_session_and_stops_its_work():
+    from engine.events import SessionTimedOut
+
+    text = PRODUCT.replace('version: "1.0"', 'version: "1.0"\ntimeout: 1h', 1)
+    h = Harness(text, PRODUCT_VALUES)
+    (at, event) = next(t for t in h.world.timers if isinstance(t[1], SessionTimedOut))
+    assert at == "2026-01-01T01:00:00+00:00"
+    h.now = at
+    h.fire_timers()
+    session = h.store.get_session(h.session_id)
+    assert session.status is SessionStatus.FAILED
+    assert session.reason == "session timed out after 3600s"
+    assert h.status("prepare_data") is JobStatus.CANCELLED
+    assert h.world.stopped == [("prepare_data", "handle-prepare_data-1")]
+
+
+def test_a_condition_that_is_not_boolean_fails_the_job_not_the_engine():
+    text = """
+version: "1.1"
+name: cond
+jobs:
+  - {id: a, type: custom, parameters: {command: a}}
+  - {id: b, type: custom, depends_on: [a], condition: "${score}", parameters: {command: b}}
+"""
+    h = Harness(text)
+    h.finish("a", {"score": "high"})
+    run = h.run("b")
+    assert run.status is JobStatus.FAILED
+    assert "condition must evaluate to true or false" in run.error
+    assert h.session_status() is SessionStatus.FAILED
