@@ -13,7 +13,6 @@ import sys
 import traceback
 from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,7 +23,11 @@ from rich.markup import escape
 from bunsui import __version__
 from bunsui.arguments import expand_parameters, parse_pairs, read_parameters_file
 from bunsui.drawing import draw_dot, draw_mermaid, draw_text
+from bunsui.logs import logs_app
 from bunsui.output import Format, console, emit, error_console
+from bunsui.pipelines import FileOption, FormatOption, ParametersFileOption, ParametersOption
+from bunsui.pipelines import register as register_pipeline_commands
+from bunsui.sessions import run_file, session_app
 from engine.errors import BunsuiError, PipelineInvalid
 from engine.loader import read_pipeline
 from engine.parameters import resolve_parameters
@@ -38,26 +41,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-pipeline_app = typer.Typer(help="Validate, plan and draw pipeline files.", no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="Validate, plan and draw pipeline files; store them as versions.", no_args_is_help=True
+)
 app.add_typer(pipeline_app, name="pipeline")
-
-FileOption = Annotated[
-    Path, typer.Option("--file", "-f", help="The pipeline YAML file.", show_default=False)
-]
-FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
-ParametersOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--parameters",
-        "-p",
-        help="name=value pairs; several may follow one --parameters.",
-        show_default=False,
-    ),
-]
-ParametersFileOption = Annotated[
-    Path | None,
-    typer.Option("--parameters-file", help="YAML or JSON mapping of parameter values."),
-]
+register_pipeline_commands(pipeline_app)
+app.add_typer(session_app, name="session")
+app.add_typer(logs_app, name="logs")
+app.command("run")(run_file)
 
 
 class GraphFormat(StrEnum):
@@ -280,3 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":  # `python -m bunsui.cli`: how --detach starts a background driver
+    run()

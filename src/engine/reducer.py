@@ -727,6 +727,7 @@ class RunScope:
         self.call = call
         self.job = job
         self.run = run
+        self._jobs: dict[str, Any] | None = None
 
     def resolve(self, name: str) -> Any:
         session, graph = self.call.session, self.call.pipeline.graph
@@ -740,7 +741,9 @@ class RunScope:
                 "started_at": session.created_at,
             }
         if name == "jobs":
-            return {job_id: self._view(job_id) for job_id in self._jobs_read()}
+            if self._jobs is None:  # several ${jobs...} in one payload read the store once
+                self._jobs = {job_id: self._view(job_id) for job_id in self._jobs_read()}
+            return self._jobs
         if name in session.parameters:
             return session.parameters[name]
         searched = []

@@ -1,0 +1,319 @@
+"""Driving a session from the CLI: here with a live view, or in a background process.
+
+One process at a time drives a session (LocalBackend.drive). The foreground
+commands drive it themselves and redraw its progress as it changes;
+``--detach`` starts ``python -m bunsui.cli session drive`` in a new process
+session, with its output in ``$BUNSUI_HOME/drivers/<id>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+
+from bunsui.output import Format, console, emit, error_console
+from bunsui.progress import (
+    LiveView,
+    PlainProgress,
+    Snapshot,
+    hints,
+    print_summary,
+    session_json,
+    take_snapshot,
+)
+from engine.errors import BunsuiError
+from engine.events import Event, SessionStarted
+from engine.local import backend as local_backend
+from engine.local.backend import LocalBackend
+from engine.reducer import Reducer
+from engine.state import Session, SessionStatus
+
+REFRESH_SECONDS = 0.2
+"""The live view reads the session at most this often (it redraws 4 times a second)."""
+DRIVER_START_SECONDS = 15.0
+"""How long --detach waits for the background driver to take the session."""
+
+
+class DriverFailed(BunsuiError):
+    """The background driver stopped before it took the session."""
+
+
+@dataclass(frozen=True)
+class RetryOrder:
+    """Retry the session before driving it, with these parameter values (None: unchanged)."""
+
+    values: Mapping[str, Any] | None = None
+
+
+def exit_code(session: Session) -> int:
+    """0 for SUCCEEDED, 1 for FAILED or CANCELLED (or not ended)."""
+    return 0 if session.status is SessionStatus.SUCCEEDED else 1
+
+
+def read_snapshot(backend: LocalBackend, session_id: str) -> Snapshot:
+    """The session and its runs now (SessionNotFound for an unknown id)."""
+    session = backend.store.get_session(session_id)
+    pipeline = backend.pipeline(session.pipeline, session.version)[0]
+    return take_snapshot(backend.store, pipeline, session_id)
+
+
+def as_json(backend: LocalBackend, snap: Snapshot) -> dict[str, Any]:
+    """The session JSON, with the pid of its driver while it runs."""
+    driven = None if snap.session.status.terminal else backend.driver_pid(snap.session.id)
+    return session_json(snap, driven)
+
+
+def _live_console(fmt: Format) -> Console | None:
+    """Where the live view goes: a terminal, and never stdout when stdout holds JSON."""
+    out = Console(highlight=False)
+    if fmt is Format.TABLE and out.is_terminal:
+        return out
+    err = Console(stderr=True, highlight=False)
+    return err if err.is_terminal else None
+
+
+def drive(
+    backend: LocalBackend,
+    session_id: str,
+    fmt: Format,
+    *,
+    resume: bool = False,
+    retry: RetryOrder | None = None,
+) -> Snapshot:
+    """Drive a session to its end in this process, showing its progress.
+
+    On a terminal: a live view (on stderr when stdout holds JSON). Otherwise, for
+    the table format, a line each time a job's status changes.
+
+    Args:
+        resume: Lift a pause once this process drives the session.
+        retry: Retry the (failed or cancelled) session first.
+    """
+    live_console = _live_console(fmt)
+    view = LiveView(read_snapshot(backend, session_id)) if live_console else None
+    lines = PlainProgress(console()) if fmt is Format.TABLE and not live_console else None
+    changed = threading.Event()
+    done = threading.Event()
+    first = True
+
+    def on_event() -> None:  # in the driving thread, after each event
+        nonlocal first
+        if first:
+            first = False
+            if resume and backend.store.get_session(session_id).status is SessionStatus.PAUSED:
+                # drive() repairs but does not lift a pause: tell ourselves to resume.
+                backend.request(session_id, "resume")
+        changed.set()
+
+    def refresh() -> None:
+        # Its own thread, so a change shows even when no event follows it for a while.
+        while not done.wait(REFRESH_SECONDS):
+            if changed.is_set():
+                changed.clear()
+                try:
+                    snap = read_snapshot(backend, session_id)
+                except Exception:  # only the display is late: the next tick tries again
+                    changed.set()
+                    continue
+                show(snap)
+
+    def show(snap: Snapshot) -> None:
+        if view is not None:
+            view.snap = snap
+        if lines is not None:
+            lines.update(snap)
+
+    refresher = threading.Thread(target=refresh, name="bunsui-progress", daemon=True)
+    refresher.start()
+    try:
+        with _retrying(session_id, retry):
+            if view is None:
+                backend.drive(session_id, on_event)
+            else:
+                with Live(view, console=live_console, refresh_per_second=4, transient=True):
+                    backend.drive(session_id, on_event)
+    except KeyboardInterrupt:
+        error_console().print(
+            f"interrupted: session {session_id} is left as it is. Continue it with "
+            f"'bunsui session resume --session-id {session_id}', or stop it with "
+            f"'bunsui session cancel --session-id {session_id}'."
+        )
+        raise typer.Exit(130) from None
+    finally:
+        done.set()
+        refresher.join()
+    snap = read_snapshot(backend, session_id)
+    show(snap)
+    return snap
+
+
+def spawn_driver(
+    backend: LocalBackend,
+    session_id: str,
+    *flags: str,
+    ready: Callable[[], bool] | None = None,
+) -> int:
+    """Start ``bunsui session drive`` in the background, detached from this terminal.
+
+    Args:
+        ready: What else to wait for once the driver has taken the session.
+
+    Returns:
+        The driver's pid, once it has taken the session (or has already ended it).
+
+    Raises:
+        DriverFailed: it stopped with an error first (the last line of its log says why).
+    """
+    log = backend.home / "drivers" / f"{session_id}.log"
+    command = [sys.executable, "-m", "bunsui.cli", "session", "drive", "--session-id", session_id]
+    env = {**os.environ, "BUNSUI_HOME": str(backend.home)}
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [*command, *flags],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    deadline = time.monotonic() + DRIVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if backend.driver_pid(session_id) == process.pid and (ready is None or ready()):
+            return process.pid
+        code = process.poll()
+        if code is not None:
+            if code in (0, 1):  # it drove the session to its end already
+                return process.pid
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line]
+            reason = lines[-1] if lines else f"exit code {code}"
+            raise DriverFailed(f"the background driver of session {session_id} stopped: {reason}")
+        time.sleep(0.05)
+    return process.pid
+
+
+def driver_flags(
+    backend: LocalBackend, session_id: str, resume: bool, retry: RetryOrder | None
+) -> list[str]:
+    """The hidden options of ``session drive`` that carry ``resume`` and ``retry``.
+
+    Changed parameter values go through a file only this user can read, not the
+    command line, which every user of the machine can see (and values may be secret).
+    """
+    flags = ["--resume"] if resume else []
+    if retry is not None:
+        flags.append("--retry")
+        if retry.values is not None:
+            path = backend.home / "drivers" / f"{session_id}.retry.json"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                json.dump(dict(retry.values), file)
+            flags += ["--retry-parameters", str(path)]
+    return flags
+
+
+def read_retry_parameters(path: Path) -> dict[str, Any]:
+    """The values :func:`driver_flags` wrote (the file is removed)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def finish(
+    backend: LocalBackend,
+    session_id: str,
+    detach: bool,
+    fmt: Format,
+    *,
+    resume: bool = False,
+    retry: RetryOrder | None = None,
+) -> None:
+    """Drive a session here (live view, then the summary or JSON, and the exit code), or
+    start a background driver and print the session id."""
+    if detach:
+        ended = backend.store.get_session(session_id).ended_at
+
+        def retried() -> bool:  # until then, the session still shows its old end
+            return backend.store.get_session(session_id).ended_at != ended
+
+        ready = retried if retry is not None else None
+        flags = driver_flags(backend, session_id, resume, retry)
+        pid = spawn_driver(backend, session_id, *flags, ready=ready)
+        snap = read_snapshot(backend, session_id)
+        if fmt is not Format.TABLE:
+            emit(as_json(backend, snap), fmt)
+            return
+        out = console()
+        out.print(f"session {session_id} runs in the background (driver pid {pid}).")
+        for line in hints(snap.session):
+            out.print(f"  {escape(line)}", style="dim")
+        return
+    snap = drive(backend, session_id, fmt, resume=resume, retry=retry)
+    if fmt is not Format.TABLE:
+        emit(as_json(backend, snap), fmt)
+    else:
+        print_summary(console(), snap)
+    raise typer.Exit(exit_code(snap.session))
+
+
+# ---------------------------------------------------------------------- retry stopgap
+
+
+class _RetryingReducer(Reducer):
+    """A reducer that retries the session where the driver would repair it.
+
+    Stopgap: LocalBackend cannot retry a session, and Reducer.retry dispatches
+    the jobs it re-runs at once, so it has to run in the driver's own reducer (a
+    reducer with the backend's inert dispatcher raises). Remove when
+    LocalBackend.drive can retry.
+    """
+
+    order: tuple[str, RetryOrder] | None = None
+
+    def _retried(self, session_id: str, now: str) -> bool:
+        pending = type(self).order
+        if pending is None or pending[0] != session_id:
+            return False
+        type(self).order = None
+        self.retry(session_id, now, pending[1].values)
+        return True
+
+    def repair(self, session_id: str, now: str, lost: str) -> None:
+        if not self._retried(session_id, now):
+            super().repair(session_id, now, lost)
+
+    def handle(self, event: Event) -> None:
+        # A session cancelled before any job had a run is started, not repaired.
+        if not (isinstance(event, SessionStarted) and self._retried(event.session_id, event.now)):
+            super().handle(event)
+
+
+@contextlib.contextmanager
+def _retrying(session_id: str, retry: RetryOrder | None) -> Iterator[None]:
+    if retry is None:
+        yield
+        return
+    reducer = type("_Retry", (_RetryingReducer,), {"order": (session_id, retry)})
+    original = local_backend.Reducer
+    local_backend.Reducer = reducer  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        local_backend.Reducer = original  # type: ignore[misc]
