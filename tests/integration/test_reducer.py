@@ -373,7 +373,7 @@ def test_a_session_timeout_fails_the_session_and_stops_its_work():
 
     text = PRODUCT.replace('version: "1.0"', 'version: "1.0"\ntimeout: 1h', 1)
     h = Harness(text, PRODUCT_VALUES)
-    (at, event) = next(t for t in h.world.timers if isinstance(t[1], SessionTimedOut))
+    at, _ = next(t for t in h.world.timers if isinstance(t[1], SessionTimedOut))
     assert at == "2026-01-01T01:00:00+00:00"
     h.now = at
     h.fire_timers()
