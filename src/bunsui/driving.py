@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,7 @@ from bunsui.progress import (
     take_snapshot,
 )
 from engine.errors import BunsuiError
-from engine.events import Event, SessionStarted
-from engine.local import backend as local_backend
 from engine.local.backend import LocalBackend
-from engine.reducer import Reducer
 from engine.state import Session, SessionStatus
 
 REFRESH_SECONDS = 0.2
@@ -114,9 +111,6 @@ def drive(
         nonlocal first
         if first:
             first = False
-            if resume and backend.store.get_session(session_id).status is SessionStatus.PAUSED:
-                # drive() repairs but does not lift a pause: tell ourselves to resume.
-                backend.request(session_id, "resume")
         changed.set()
 
     def refresh() -> None:
@@ -140,12 +134,16 @@ def drive(
     refresher = threading.Thread(target=refresh, name="bunsui-progress", daemon=True)
     refresher.start()
     try:
-        with _retrying(session_id, retry):
-            if view is None:
-                backend.drive(session_id, on_event)
-            else:
-                with Live(view, console=live_console, refresh_per_second=4, transient=True):
-                    backend.drive(session_id, on_event)
+        options: dict[str, Any] = {
+            "resume": resume,
+            "retry": retry is not None,
+            "parameters": retry.values if retry is not None else None,
+        }
+        if view is None:
+            backend.drive(session_id, on_event, **options)
+        else:
+            with Live(view, console=live_console, refresh_per_second=4, transient=True):
+                backend.drive(session_id, on_event, **options)
     except KeyboardInterrupt:
         error_console().print(
             f"interrupted: session {session_id} is left as it is. Continue it with "
@@ -271,49 +269,3 @@ def finish(
     else:
         print_summary(console(), snap)
     raise typer.Exit(exit_code(snap.session))
-
-
-# ---------------------------------------------------------------------- retry stopgap
-
-
-class _RetryingReducer(Reducer):
-    """A reducer that retries the session where the driver would repair it.
-
-    Stopgap: LocalBackend cannot retry a session, and Reducer.retry dispatches
-    the jobs it re-runs at once, so it has to run in the driver's own reducer (a
-    reducer with the backend's inert dispatcher raises). Remove when
-    LocalBackend.drive can retry.
-    """
-
-    order: tuple[str, RetryOrder] | None = None
-
-    def _retried(self, session_id: str, now: str) -> bool:
-        pending = type(self).order
-        if pending is None or pending[0] != session_id:
-            return False
-        type(self).order = None
-        self.retry(session_id, now, pending[1].values)
-        return True
-
-    def repair(self, session_id: str, now: str, lost: str) -> None:
-        if not self._retried(session_id, now):
-            super().repair(session_id, now, lost)
-
-    def handle(self, event: Event) -> None:
-        # A session cancelled before any job had a run is started, not repaired.
-        if not (isinstance(event, SessionStarted) and self._retried(event.session_id, event.now)):
-            super().handle(event)
-
-
-@contextlib.contextmanager
-def _retrying(session_id: str, retry: RetryOrder | None) -> Iterator[None]:
-    if retry is None:
-        yield
-        return
-    reducer = type("_Retry", (_RetryingReducer,), {"order": (session_id, retry)})
-    original = local_backend.Reducer
-    local_backend.Reducer = reducer  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        local_backend.Reducer = original  # type: ignore[misc]

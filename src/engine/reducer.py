@@ -203,6 +203,8 @@ class Reducer:
         for run in runs:
             fan_parent = run.index is None and pipeline.job(run.job_id).fan_out is not None
             if run.status is JobStatus.RUNNING and not fan_parent:
+                # The attempt's work may outlive its driver: stop it before running it again.
+                self.dispatcher.stop(session_id, run.key, run.handle)
                 self._attempt_finished(
                     call, AttemptFinished(session_id, run.key, run.attempt, now, error=lost)
                 )
@@ -274,8 +276,27 @@ class Reducer:
             if job_id not in kept or any(p not in kept for p in graph.ancestors(job_id))
         ]
         redo_set = set(redo)
-        doomed = [run.key for run in self.store.runs(session_id) if run.job_id in redo_set]
-        self.store.delete_runs(session_id, doomed)
+        # Reset in place rather than delete: attempt numbers go on (attempt 3 after 2), so
+        # a dispatch id, an idempotency token or a log file is never used twice.
+        for run in self.store.runs(session_id):
+            if run.job_id not in redo_set or run.status not in TERMINAL_JOB:
+                continue
+            reset: dict[str, Any] = {
+                "status": JobStatus.WAITING,
+                "output": None,
+                "error": None,
+                "reason": None,
+                "inputs": None,
+                "handle": None,
+                "started_at": None,
+                "ended_at": None,
+                "updated_at": now,
+                "parents_done": {},
+                "base_attempt": run.attempt,
+            }
+            if run.index is None:
+                reset["expected"] = graph.in_degree(run.job_id)
+            self.store.transition(session_id, run.key, {run.status}, reset)
         changes: dict[str, Any] = {"ended_at": None, "reason": None}
         if parameters is not None:
             changes["parameters"] = dict(parameters)
@@ -369,13 +390,15 @@ class Reducer:
             self._end(call, run, JobStatus.SUCCEEDED, reason="no items")
             return
         # Claim the fan-out before its items exist: a duplicate decision stops here.
+        # The fan-out's record already counts its parents' edges; its items' edges come
+        # on top, so it is complete when done == parents + items.
         claimed = self.store.transition(
             call.session.id,
             run.key,
             {JobStatus.WAITING},
             {
                 "status": JobStatus.RUNNING,
-                "expected": len(items),
+                "expected": run.expected + len(items),
                 "started_at": call.now,
                 "updated_at": call.now,
             },
@@ -386,11 +409,19 @@ class Reducer:
             call.session.id, call.now, "fan_out_started", run.key, detail={"items": len(items)}
         )
         for index, item in enumerate(items):
-            self.store.put_run(
-                JobRun(
-                    call.session.id, run_key(run.job_id, index), run.job_id, index=index, item=item
-                )
-            )
+            key = run_key(run.job_id, index)
+            fresh = JobRun(call.session.id, key, run.job_id, index=index, item=item)
+            if not self.store.put_run(fresh):
+                # Left by an earlier run of the session (a retry): reuse it, so its
+                # attempt numbers go on, but with this expansion's item.
+                self.store.transition(call.session.id, key, {JobStatus.WAITING}, {"item": item})
+        stale = [
+            r.key
+            for r in self.store.runs(call.session.id, job_id=run.job_id)
+            if r.index is not None and r.index >= len(items)
+        ]
+        if stale:
+            self.store.delete_runs(call.session.id, stale)
         for index in range(len(items)):
             item_run = self.store.get_run(call.session.id, run_key(run.job_id, index))
             if item_run is not None and item_run.status is JobStatus.WAITING:
@@ -541,7 +572,8 @@ class Reducer:
 
     def _attempt_failed(self, call: _Call, run: JobRun, error: str) -> None:
         job = call.pipeline.job(run.job_id)
-        delay = retry_delay(job, run.attempt, _uniform(call.session.id, run.key, run.attempt))
+        this_try = run.attempt - run.base_attempt  # retries count from a session retry
+        delay = retry_delay(job, this_try, _uniform(call.session.id, run.key, run.attempt))
         if delay is None:
             self._end(call, run, JobStatus.FAILED, error=error)
             return
@@ -579,6 +611,8 @@ class Reducer:
         reason: str | None = None,
     ) -> None:
         """Make a run terminal, then count it where it counts: its fan-out or its children."""
+        if run.status.terminal:
+            return  # an ended run never changes; counting it twice would corrupt the counts
         ended = self.store.transition(
             call.session.id,
             run.key,
@@ -645,14 +679,19 @@ class Reducer:
                 return
         if fan.done < fan.expected:
             return
-        failed = sorted(k for k, v in fan.parents_done.items() if v is not Outcome.SUCCESS)
+        # Item edges are "[i]"; the others are the fan-out's parents, all succeeded.
+        failed = sorted(
+            (k for k, v in fan.parents_done.items() if k[0] == "[" and v is not Outcome.SUCCESS),
+            key=lambda k: int(k[1:-1]),
+        )
         if failed:
+            total = fan.expected - call.pipeline.graph.in_degree(fan.job_id)
             shown = ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else "")
             self._end(
                 call,
                 fan,
                 JobStatus.FAILED,
-                error=f"{len(failed)} of {fan.expected} items failed: {shown}",
+                error=f"{len(failed)} of {total} items failed: {shown}",
             )
         else:
             self._end(call, fan, JobStatus.SUCCEEDED)
@@ -670,7 +709,7 @@ class Reducer:
         for run in self.store.runs(call.session.id, live):
             if run.status is JobStatus.RUNNING:
                 self.dispatcher.stop(call.session.id, run.key, run.handle)
-            self.store.transition(
+            cancelled = self.store.transition(
                 call.session.id,
                 run.key,
                 {run.status},
@@ -681,6 +720,15 @@ class Reducer:
                     "updated_at": call.now,
                 },
             )
+            if cancelled is not None:
+                self._history(
+                    call.session.id,
+                    call.now,
+                    "job_cancelled",
+                    run.key,
+                    run.attempt,
+                    {"reason": reason},
+                )
         self.store.set_session_status(
             call.session.id,
             {SessionStatus.CANCELLING},

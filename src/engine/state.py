@@ -99,7 +99,10 @@ class JobRun:
         job_id: The pipeline's job id.
         index: The item's position in its fan-out; None otherwise.
         status: See :class:`JobStatus`.
-        attempt: 1 for the first attempt; 0 before any.
+        attempt: 1 for the first attempt; 0 before any. Numbers go on across a
+            session retry, so an attempt's dispatch id is never reused.
+        base_attempt: Attempts made before the last session retry; the job's
+            ``retries`` count from there.
         parents_done: The edges already counted: parent key -> :class:`Outcome`.
             For a fan-out, its finished items (``[i]`` -> outcome).
         expected: How many edges decide it (parents, or a fan-out's items).
@@ -121,6 +124,7 @@ class JobRun:
     index: int | None = None
     status: JobStatus = JobStatus.WAITING
     attempt: int = 0
+    base_attempt: int = 0
     parents_done: Mapping[str, Outcome] = field(default_factory=dict)
     expected: int = 0
     done: int = 0

@@ -310,7 +310,7 @@ def test_retry_reruns_failed_and_skipped_jobs_and_keeps_succeeded_outputs():
     assert h.run("prepare_data").output == {"rows": 5000}
     assert h.status("train_model") is JobStatus.RUNNING
     train = [o for o in h.world.orders if o.key == "train_model"]
-    assert train[-1].attempt == 1
+    assert train[-1].attempt == 4  # numbers go on: dispatch ids are never reused
     assert train[-1].inputs["environment"]["OUTPUT_PATH"].endswith("/v2")
     assert h.dispatched().count("prepare_data") == 1
     h.finish("train_model", {})
@@ -398,3 +398,75 @@ jobs:
     assert run.status is JobStatus.FAILED
     assert "condition must evaluate to true or false" in run.error
     assert h.session_status() is SessionStatus.FAILED
+
+
+SPLIT = """
+version: "1.1"
+name: split
+jobs:
+  - {id: split, type: lambda, parameters: {function_name: split}}
+  - id: each
+    type: custom
+    depends_on: [split]
+    retries: 1
+    retry_delay: 1
+    for_each: {items: [1, 2, 3, 4, 5, 6], max_concurrency: 2}
+    parameters: {command: ["work", "${item}"]}
+  - {id: after, type: custom, depends_on: [each], parameters: {command: x}}
+"""
+
+
+def test_a_fan_out_with_a_parent_waits_for_every_item():
+    h = Harness(SPLIT)
+    h.finish("split", {})
+    for i in range(6):
+        key = f"each[{i}]"
+        if i == 4:
+            h.finish(key, error="bad item")
+            h.tick(1)
+            h.fire_timers()
+            h.finish(key, error="bad item")  # its one retry fails too
+        else:
+            h.finish(key, {"n": i})
+        if i < 5:
+            assert h.status("each") is JobStatus.RUNNING  # not one item early
+    assert h.status("each") is JobStatus.FAILED
+    assert h.run("each").error == "1 of 6 items failed: [4]"
+    assert h.status("after") is JobStatus.UPSTREAM_FAILED
+    session = h.store.get_session(h.session_id)
+    assert session.status is SessionStatus.FAILED
+    assert (session.finished, session.total) == (3, 3)
+
+
+def test_a_retried_fan_out_reruns_its_items_with_new_attempt_numbers():
+    h = Harness(SPLIT)
+    h.finish("split", {})
+    for i in range(6):
+        h.finish(f"each[{i}]", error="down")
+    h.tick(1)
+    h.fire_timers()
+    while running := h.running():
+        for key in running:
+            h.finish(key, error="still down")
+    assert h.session_status() is SessionStatus.FAILED
+    h.reducer.retry(h.session_id, h.tick())
+    assert h.dispatched().count("split") == 1
+    first = next(o for o in reversed(h.world.orders) if o.key == "each[0]")
+    assert first.attempt == 3 and first.dispatch_id == "s-1/each[0]/3"
+    h.finish("each[0]", error="flaky")
+    assert h.status("each[0]") is JobStatus.RETRYING  # its retries count afresh
+    h.tick(1)
+    h.fire_timers()
+    for _ in range(20):  # at most two items run at once; finish whatever runs
+        for key in h.running():
+            h.finish(key, {"ok": True})
+    assert all(h.status(f"each[{i}]") is JobStatus.SUCCEEDED for i in range(6))
+    assert h.session_status() is SessionStatus.SUCCEEDED
+
+
+def test_cancel_records_each_cancelled_job_in_the_history():
+    h = Harness(GRID)
+    h.reducer.handle(CancelRequested(h.session_id, h.tick(), "enough"))
+    entries = [e for _, e in h.store.history(h.session_id) if e.kind == "job_cancelled"]
+    assert {e.key for e in entries} >= {"tune[0]", "tune[1]", "tune[2]", "tune[3]"}
+    assert all(e.detail == {"reason": "enough"} for e in entries)

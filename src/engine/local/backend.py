@@ -162,20 +162,32 @@ class LocalBackend:
             return None
         except PermissionError:
             return pid
-        return pid
+        return None if _zombie(pid) else pid
 
     def drive(
         self,
         session_id: str,
         on_event: Callable[[], None] | None = None,
+        *,
+        resume: bool = False,
+        retry: bool = False,
+        parameters: Mapping[str, Any] | None = None,
     ) -> Session:
         """Drive a session until it ends: the caller's thread runs the event loop.
 
         Starts a new session, or repairs one whose driver died. Returns the
         ended session.
 
+        Args:
+            session_id: The session.
+            on_event: Called after each event is handled (to redraw progress).
+            resume: Lift a pause once this process drives the session.
+            retry: Retry the (failed or cancelled) session first.
+            parameters: With ``retry``: new checked parameter values, if any.
+
         Raises:
-            Conflict: another live process drives this session.
+            Conflict: another live process drives this session, or ``retry`` was
+                asked of a session that did not fail.
         """
         lock = self.home / "drivers" / f"{session_id}.pid"
         self._take(lock, session_id)
@@ -197,10 +209,14 @@ class LocalBackend:
             if pipeline.timeout and session.created_at:
                 due = later(session.created_at, pipeline.timeout)
                 timers.schedule(SessionTimedOut(session_id, due), due)
-            if self.store.runs(session_id, limit=1):
+            if retry:
+                reducer.retry(session_id, now_iso(), parameters)
+            elif self.store.runs(session_id, limit=1):
                 reducer.repair(session_id, now_iso(), LOST)
             else:
                 reducer.handle(SessionStarted(session_id, now_iso()))
+            if resume:
+                reducer.handle(ResumeRequested(session_id, now_iso()))
             if on_event:
                 on_event()
             while not self.store.get_session(session_id).status.terminal:
@@ -284,6 +300,15 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 path.unlink()
         return found
+
+
+def _zombie(pid: int) -> bool:
+    """A driver killed with -9 stays a zombie until its parent reaps it: dead all the same."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def _request_event(session_id: str, kind: str, reason: str) -> Event:

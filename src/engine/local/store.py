@@ -46,7 +46,8 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS runs (
         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
         key TEXT NOT NULL, job_id TEXT NOT NULL, idx INTEGER, status TEXT NOT NULL,
-        attempt INTEGER NOT NULL DEFAULT 0, expected INTEGER NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 0, base_attempt INTEGER NOT NULL DEFAULT 0,
+        expected INTEGER NOT NULL DEFAULT 0,
         done INTEGER NOT NULL DEFAULT 0,
         item TEXT, inputs TEXT, output TEXT, error TEXT, handle TEXT,
         started_at TEXT, ended_at TEXT, updated_at TEXT, reason TEXT,
@@ -131,6 +132,7 @@ _RUN_COLUMNS: dict[str, _Column] = {
     "index": _plain("idx"),
     "status": ("status", _job_status, JobStatus),
     "attempt": ("attempt", int, _same),
+    "base_attempt": ("base_attempt", int, _same),
     "expected": ("expected", int, _same),
     "done": ("done", int, _same),
     "item": ("item", _dumps, _loads),
