@@ -156,6 +156,18 @@ class Dispatcher(Protocol):
         """Stop running work where the service allows it (best effort)."""
 
 
+class Secrets(Protocol):
+    """Where the values of ``secret: true`` parameters live, out of the store.
+
+    The store keeps ``******`` in their place, so neither the session record,
+    the runs' recorded inputs nor the history ever hold a secret.
+    """
+
+    def put(self, session_id: str, values: Mapping[str, Any]) -> None: ...
+
+    def get(self, session_id: str) -> Mapping[str, Any]: ...
+
+
 class Timers(Protocol):
     """Puts an event back to the reducer at a time (a retry, a timeout)."""
 

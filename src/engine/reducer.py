@@ -16,9 +16,7 @@ fails has lost a race (or is a duplicate) and does nothing more.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +26,6 @@ from engine.errors import (
     DispatchFailed,
     ExpressionError,
     OutputTooLarge,
-    UnknownName,
 )
 from engine.events import (
     AttemptFinished,
@@ -44,8 +41,10 @@ from engine.events import (
 )
 from engine.expressions import truth
 from engine.inputs import fan_out_items, job_inputs
+from engine.parameters import redacted
 from engine.pipeline import JobBase, Pipeline
-from engine.ports import Dispatch, Dispatcher, Store, Timers
+from engine.ports import Dispatch, Dispatcher, Secrets, Store, Timers
+from engine.scope import Context, MemorySecrets, RunScope
 from engine.semantics import Readiness, read_result, retry_delay, trigger
 from engine.state import (
     TERMINAL_JOB,
@@ -56,7 +55,7 @@ from engine.state import (
     SessionStatus,
     run_key,
 )
-from engine.templates import parse_condition, value_references
+from engine.templates import parse_condition
 
 PipelineSource = Callable[[str, int], Pipeline]
 """Gives the pinned pipeline version of a session: (name, version) -> Pipeline."""
@@ -76,17 +75,6 @@ def _uniform(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@dataclass
-class _Call:
-    """What one event handling knows: the session as read, the pipeline, the time."""
-
-    session: Session
-    pipeline: Pipeline
-    now: str
-    ready: deque[str] = field(default_factory=deque)
-    """Job ids whose parents are all done, to decide (a queue, not recursion)."""
-
-
 class Reducer:
     """Handles events of sessions against the ports.
 
@@ -98,12 +86,25 @@ class Reducer:
     """
 
     def __init__(
-        self, store: Store, dispatcher: Dispatcher, timers: Timers, pipelines: PipelineSource
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        timers: Timers,
+        pipelines: PipelineSource,
+        secrets: Secrets | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.timers = timers
         self.pipelines = pipelines
+        self.secrets = secrets if secrets is not None else MemorySecrets()
+
+    def _keep(self, session_id: str, pipeline: Pipeline, values: Mapping[str, Any]) -> dict:
+        """Put the secret values aside; what the store gets has ``******`` in their place."""
+        hidden = {p.name for p in pipeline.parameters if p.secret and p.name in values}
+        if hidden:
+            self.secrets.put(session_id, {name: values[name] for name in hidden})
+        return dict(redacted(pipeline.parameters, values))
 
     # ------------------------------------------------------------------ entry points
 
@@ -128,7 +129,7 @@ class Reducer:
             id=session_id,
             pipeline=pipeline.name,
             version=version,
-            parameters=dict(parameters),
+            parameters=self._keep(session_id, pipeline, parameters),
             total=len(pipeline.jobs),
             created_at=now,
         )
@@ -157,7 +158,12 @@ class Reducer:
         session = self.store.get_session(event.session_id)
         if session.status.terminal:
             return  # a late event of a finished session changes nothing
-        call = _Call(session, self.pipelines(session.pipeline, session.version), event.now)
+        call = Context(
+            session,
+            self.pipelines(session.pipeline, session.version),
+            event.now,
+            secrets=self.secrets,
+        )
         if isinstance(event, SessionStarted):
             call.ready.extend(call.pipeline.graph.roots())
         elif isinstance(event, AttemptFinished):
@@ -197,7 +203,9 @@ class Reducer:
         session = self.store.get_session(session_id)
         if session.status.terminal:
             return
-        call = _Call(session, self.pipelines(session.pipeline, session.version), now)
+        call = Context(
+            session, self.pipelines(session.pipeline, session.version), now, secrets=self.secrets
+        )
         pipeline, graph = call.pipeline, call.pipeline.graph
         runs = self.store.runs(session_id)
         for run in runs:
@@ -299,7 +307,7 @@ class Reducer:
             self.store.transition(session_id, run.key, {run.status}, reset)
         changes: dict[str, Any] = {"ended_at": None, "reason": None}
         if parameters is not None:
-            changes["parameters"] = dict(parameters)
+            changes["parameters"] = self._keep(session_id, pipeline, parameters)
         reopened = self.store.set_session_status(
             session_id,
             {SessionStatus.FAILED, SessionStatus.CANCELLED},
@@ -310,7 +318,7 @@ class Reducer:
             raise Conflict(f"session '{session_id}' changed while it was being retried.")
         self.store.recount(session_id)
         self._history(session_id, now, "session_retried", detail={"jobs": redo})
-        call = _Call(reopened, pipeline, now)
+        call = Context(reopened, pipeline, now, secrets=self.secrets)
         for job_id in redo:
             parents = graph.parents(job_id)
             if any(p in redo_set for p in parents):
@@ -335,7 +343,7 @@ class Reducer:
 
     # ------------------------------------------------------------------ deciding
 
-    def _decide(self, call: _Call, job_id: str) -> None:
+    def _decide(self, call: Context, job_id: str) -> None:
         """A job whose parents are all done: skip it, fail it, fan it out or start it."""
         job = call.pipeline.job(job_id)
         parents = call.pipeline.graph.parents(job_id)
@@ -385,7 +393,7 @@ class Reducer:
             return job.condition
         return truth(parse_condition(job.condition).evaluate(scope), job.condition)
 
-    def _fan_out(self, call: _Call, run: JobRun, items: list[Any]) -> None:
+    def _fan_out(self, call: Context, run: JobRun, items: list[Any]) -> None:
         if not items:
             self._end(call, run, JobStatus.SUCCEEDED, reason="no items")
             return
@@ -429,7 +437,7 @@ class Reducer:
 
     # ------------------------------------------------------------------ starting
 
-    def _start(self, call: _Call, run: JobRun) -> bool:
+    def _start(self, call: Context, run: JobRun) -> bool:
         """Claim the next attempt of a run and dispatch it, or queue it behind a limit.
 
         Returns:
@@ -450,7 +458,7 @@ class Reducer:
             run = queued
         return self._claim(call, run)
 
-    def _queue(self, call: _Call, run: JobRun) -> bool:
+    def _queue(self, call: Context, run: JobRun) -> bool:
         if run.status is JobStatus.QUEUED:
             return True
         queued = self.store.transition(
@@ -462,7 +470,7 @@ class Reducer:
         )
         return queued is not None
 
-    def _limits(self, call: _Call, run: JobRun) -> list[tuple[str | None, int]]:
+    def _limits(self, call: Context, run: JobRun) -> list[tuple[str | None, int]]:
         job = call.pipeline.job(run.job_id)
         limits: list[tuple[str | None, int]] = []
         fan = job.fan_out
@@ -472,7 +480,7 @@ class Reducer:
             limits.append((None, call.pipeline.max_concurrency))
         return limits
 
-    def _acquire(self, call: _Call, run: JobRun) -> bool:
+    def _acquire(self, call: Context, run: JobRun) -> bool:
         taken: list[str | None] = []
         for scope, limit in self._limits(call, run):
             if not self.store.acquire_slot(call.session.id, scope, limit):
@@ -482,7 +490,7 @@ class Reducer:
             taken.append(scope)
         return True
 
-    def _release(self, call: _Call, run: JobRun) -> None:
+    def _release(self, call: Context, run: JobRun) -> None:
         limits = self._limits(call, run)
         for scope, _ in limits:
             self.store.release_slot(call.session.id, scope)
@@ -495,10 +503,20 @@ class Reducer:
                 if self._start(call, queued):
                     break
 
-    def _claim(self, call: _Call, run: JobRun) -> bool:
+    def _claim(self, call: Context, run: JobRun) -> bool:
         job = call.pipeline.job(run.job_id)
         try:
             inputs = job_inputs(job, RunScope(self.store, call, job, run))
+            # What is recorded never holds a secret: those stay ${name} there.
+            shown = (
+                job_inputs(
+                    job,
+                    RunScope(self.store, call, job, run, hide_secrets=True),
+                    keep_unresolved=True,
+                )
+                if call.secret_names
+                else inputs
+            )
         except ExpressionError as exc:
             self._release(call, run)
             self._end(call, run, JobStatus.FAILED, error=str(exc))
@@ -507,7 +525,7 @@ class Reducer:
         changes: dict[str, Any] = {
             "status": JobStatus.RUNNING,
             "attempt": attempt,
-            "inputs": inputs,
+            "inputs": shown,
             "updated_at": call.now,
             "error": None,
         }
@@ -546,7 +564,7 @@ class Reducer:
 
     # ------------------------------------------------------------------ results
 
-    def _attempt_finished(self, call: _Call, event: AttemptFinished) -> None:
+    def _attempt_finished(self, call: Context, event: AttemptFinished) -> None:
         run = self.store.get_run(call.session.id, event.key)
         if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
             return  # a duplicate, or the result of an attempt that timed out or was cancelled
@@ -562,7 +580,7 @@ class Reducer:
         except OutputTooLarge as exc:
             self._attempt_failed(call, run, str(exc))
 
-    def _timed_out(self, call: _Call, event: AttemptTimedOut) -> None:
+    def _timed_out(self, call: Context, event: AttemptTimedOut) -> None:
         run = self.store.get_run(call.session.id, event.key)
         if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
             return
@@ -570,7 +588,7 @@ class Reducer:
         timeout = call.pipeline.job(run.job_id).timeout or 0
         self._attempt_failed(call, run, f"timed out after {timeout:g}s")
 
-    def _attempt_failed(self, call: _Call, run: JobRun, error: str) -> None:
+    def _attempt_failed(self, call: Context, run: JobRun, error: str) -> None:
         job = call.pipeline.job(run.job_id)
         this_try = run.attempt - run.base_attempt  # retries count from a session retry
         delay = retry_delay(job, this_try, _uniform(call.session.id, run.key, run.attempt))
@@ -602,7 +620,7 @@ class Reducer:
 
     def _end(
         self,
-        call: _Call,
+        call: Context,
         run: JobRun,
         status: JobStatus,
         *,
@@ -661,7 +679,7 @@ class Reducer:
         if session.finished >= session.total:
             self._close(call, session)
 
-    def _count_item(self, call: _Call, item: JobRun) -> None:
+    def _count_item(self, call: Context, item: JobRun) -> None:
         fan = self.store.count_edge(
             call.session.id,
             item.job_id,
@@ -696,13 +714,13 @@ class Reducer:
         else:
             self._end(call, fan, JobStatus.SUCCEEDED)
 
-    def _close(self, call: _Call, session: Session) -> None:
+    def _close(self, call: Context, session: Session) -> None:
         status = SessionStatus.FAILED if session.failed else SessionStatus.SUCCEEDED
         closed = self.store.set_session_status(session.id, _LIVE, status, {"ended_at": call.now})
         if closed is not None:
             self._history(session.id, call.now, f"session_{status.value}")
 
-    def _cancel(self, call: _Call, final: SessionStatus, reason: str) -> None:
+    def _cancel(self, call: Context, final: SessionStatus, reason: str) -> None:
         if self.store.set_session_status(call.session.id, _LIVE, SessionStatus.CANCELLING) is None:
             return
         live = set(JobStatus) - TERMINAL_JOB
@@ -739,7 +757,7 @@ class Reducer:
             call.session.id, call.now, f"session_{final.value}", detail={"reason": reason}
         )
 
-    def _resume(self, call: _Call) -> None:
+    def _resume(self, call: Context) -> None:
         resumed = self.store.set_session_status(
             call.session.id, {SessionStatus.PAUSED}, SessionStatus.RUNNING
         )
@@ -762,79 +780,4 @@ class Reducer:
         self.store.append_history(HistoryEntry(session_id, at, kind, key, attempt, detail))
 
 
-class RunScope:
-    """The names one run's expressions read, loaded from the store only when read.
-
-    Upstream outputs are searched nearest ancestor first and only as far as
-    the name is found, so resolving costs reads in proportion to the
-    distance to the producer, never to the size of the session.
-    """
-
-    def __init__(self, store: Store, call: _Call, job: JobBase, run: JobRun) -> None:
-        self.store = store
-        self.call = call
-        self.job = job
-        self.run = run
-        self._jobs: dict[str, Any] | None = None
-
-    def resolve(self, name: str) -> Any:
-        session, graph = self.call.session, self.call.pipeline.graph
-        if self.run.index is not None and name in ("item", "item_index"):
-            return self.run.item if name == "item" else self.run.index
-        if name == "session":
-            return {
-                "id": session.id,
-                "pipeline": session.pipeline,
-                "pipeline_version": session.version,
-                "started_at": session.created_at,
-            }
-        if name == "jobs":
-            if self._jobs is None:  # several ${jobs...} in one payload read the store once
-                self._jobs = {job_id: self._view(job_id) for job_id in self._jobs_read()}
-            return self._jobs
-        if name in session.parameters:
-            return session.parameters[name]
-        searched = []
-        for ancestor in graph.iter_ancestors(self.job.id):
-            searched.append(ancestor)
-            found = self.store.get_run(session.id, ancestor)
-            if found is not None and isinstance(found.output, dict) and name in found.output:
-                return found.output[name]
-        where = ", ".join(searched[:20]) + (" ..." if len(searched) > 20 else "")
-        raise UnknownName(
-            name,
-            f"name '{name}' is not a parameter and was not found in the "
-            f"outputs of the upstream jobs ({where or 'none'})",
-        )
-
-    def _jobs_read(self) -> list[str]:
-        graph = self.call.pipeline.graph
-        values: list[Any] = [self.job.parameters.model_dump(mode="json")]
-        if isinstance(self.job.condition, str):
-            values.append(self.job.condition)
-        if self.job.fan_out is not None:
-            values.append(self.job.fan_out.model_dump(mode="json"))
-        ids = []
-        for _, ref in value_references(values):
-            if ref.root == "jobs" and ref.path and isinstance(ref.path[0], str):
-                target = ref.path[0]
-                if target not in ids and graph.is_ancestor(target, of=self.job.id):
-                    ids.append(target)
-        return ids
-
-    def _view(self, job_id: str) -> dict[str, Any]:
-        found = self.store.get_run(self.call.session.id, job_id)
-        status = found.status.value if found else "not_started"
-        view: dict[str, Any] = {"status": status, "output": found.output if found else None}
-        if self.call.pipeline.job(job_id).fan_out is not None:
-            items = self.store.runs(self.call.session.id, job_id=job_id)
-            view["outputs"] = [
-                i.output
-                for i in sorted(
-                    (i for i in items if i.index is not None), key=lambda i: i.index or 0
-                )
-            ]
-        return view
-
-
-__all__ = ["BunsuiError", "PipelineSource", "Reducer", "RunScope", "later"]
+__all__ = ["BunsuiError", "PipelineSource", "Reducer", "later"]

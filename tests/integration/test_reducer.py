@@ -470,3 +470,33 @@ def test_cancel_records_each_cancelled_job_in_the_history():
     entries = [e for _, e in h.store.history(h.session_id) if e.kind == "job_cancelled"]
     assert {e.key for e in entries} >= {"tune[0]", "tune[1]", "tune[2]", "tune[3]"}
     assert all(e.detail == {"reason": "enough"} for e in entries)
+
+
+def test_secret_values_reach_the_job_but_are_never_stored():
+    text = """
+version: "1.1"
+name: secret
+parameters:
+  - {name: token, type: string, secret: true, required: true}
+  - {name: user, type: string, default: bob}
+jobs:
+  - id: call
+    type: custom
+    parameters: {command: "curl -u ${user}:${token} x", environment: {TOKEN: "${token}"}}
+"""
+    h = Harness(text, {"token": "s3cr3t-VALUE"})
+    order = h.world.orders[0]
+    assert order.inputs["environment"]["TOKEN"] == "s3cr3t-VALUE"
+    assert order.inputs["command"] == "curl -u bob:s3cr3t-VALUE x"
+    run = h.run("call")
+    assert run.inputs["command"] == "curl -u bob:${token} x"
+    assert h.store.get_session(h.session_id).parameters == {"token": "******", "user": "bob"}
+    h.finish("call", {"ok": True})
+    stored = repr(
+        [
+            h.store.get_session(h.session_id),
+            h.store.runs(h.session_id),
+            h.store.history(h.session_id),
+        ]
+    )
+    assert "s3cr3t-VALUE" not in stored

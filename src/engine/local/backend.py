@@ -3,7 +3,8 @@
 State lives in ``$BUNSUI_HOME`` (default ``./.bunsui``): ``state.db`` (SQLite,
 WAL), ``logs/`` (each attempt's output), ``sessions/`` (where a session's
 local code is), ``drivers/`` (which process drives which session) and
-``inbox/`` (requests from other processes: cancel, pause, resume).
+``inbox/`` (requests from other processes: cancel, pause, resume) and
+``secrets/`` (secret parameter values, readable by the user alone).
 
 One process at a time *drives* a session: it owns the in-process event
 queue, the timers and the running jobs. Any other process may read the
@@ -38,6 +39,7 @@ from engine.events import (
 from engine.loader import load_pipeline, read_pipeline
 from engine.local.resolve import LocalResolver
 from engine.local.runners import LocalDispatcher, LogBook
+from engine.local.secrets import FileSecrets
 from engine.local.store import SqliteStore
 from engine.local.timers import LocalTimers, now_iso
 from engine.parameters import resolve_parameters
@@ -82,6 +84,7 @@ class LocalBackend:
             (self.home / folder).mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(self.home / "state.db")
         self.logs = LogBook(self.home / "logs")
+        self.secrets = FileSecrets(self.home / "secrets")
         self._pipelines: dict[tuple[str, int], Pipeline] = {}
 
     # ------------------------------------------------------------------ pipelines
@@ -135,7 +138,7 @@ class LocalBackend:
             str(mapping.resolve()) if mapping else None,
         )
         self._origin_file(session_id).write_text(json.dumps(origin.__dict__))
-        reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned)
+        reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned, self.secrets)
         return reducer.create(pipeline, version, parameters, session_id, now_iso())
 
     def _origin_file(self, session_id: str) -> Path:
@@ -202,7 +205,7 @@ class LocalBackend:
         dispatcher = LocalDispatcher(
             events.put, resolver, self.logs, now_iso, child_sessions=self._child_session
         )
-        reducer = Reducer(self.store, dispatcher, timers, self._pinned)
+        reducer = Reducer(self.store, dispatcher, timers, self._pinned, self.secrets)
         try:
             session = self.store.get_session(session_id)
             pipeline = self._pinned(session.pipeline, session.version)
@@ -284,7 +287,7 @@ class LocalBackend:
             return "sent"
         if kind == "resume":
             return "drive"
-        reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned)
+        reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned, self.secrets)
         reducer.handle(_request_event(session_id, kind, reason))
         return "applied"
 
