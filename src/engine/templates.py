@@ -16,14 +16,13 @@ from typing import Any, NamedTuple
 from engine.errors import ExpressionError, ExpressionSyntaxError, UnknownName
 from engine.expressions import (
     MAX_SEGMENTS,
-    MAX_STRING_LENGTH,
-    MAX_VALUE_DEPTH,
     Expression,
     Reference,
     Scope,
     parse_expression,
     to_text,
 )
+from engine.values import MAX_STRING_LENGTH, MAX_VALUE_DEPTH
 
 
 def _clip(text: str, limit: int = 60) -> str:

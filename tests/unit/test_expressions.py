@@ -14,8 +14,6 @@ from engine.expressions import (
     MAX_EXPRESSION_LENGTH,
     MAX_PRODUCED,
     MAX_SEGMENTS,
-    MAX_STRING_LENGTH,
-    MAX_VALUE_DEPTH,
     MappingScope,
     Reference,
     parse_expression,
@@ -28,6 +26,7 @@ from engine.templates import (
     render_value,
     value_references,
 )
+from engine.values import MAX_STRING_LENGTH, MAX_VALUE_DEPTH
 
 VALUES: dict[str, Any] = {
     "a": 1,
