@@ -29,6 +29,9 @@ def prepare(event, context):
 """
 
 
+DUMP = "json.dump({}, open(os.environ['BUNSUI_OUTPUT'], 'w'))\n"
+
+
 def write(folder: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = folder / name
@@ -49,6 +52,7 @@ def test_a_lambda_from_the_sam_template_feeds_a_command_and_a_condition(tmp_path
         {
             "template.yaml": TEMPLATE,
             "fn/app.py": HANDLER,
+            "double.py": "import json, os\n" + DUMP.format("{'n': int(os.environ['ROWS']) * 2}"),
             "p.yaml": """
         version: "1.1"
         name: local
@@ -62,7 +66,7 @@ def test_a_lambda_from_the_sam_template_feeds_a_command_and_a_condition(tmp_path
             depends_on: [prep]
             condition: "${passed}"
             parameters:
-              command: ["python3", "-c", "import json,os; json.dump({'n': int(os.environ['ROWS'])*2}, open(os.environ['BUNSUI_OUTPUT'],'w'))"]
+              command: ["python3", "double.py"]
               environment: {ROWS: "${rows}"}
         """,
         },
@@ -111,6 +115,8 @@ def test_a_state_machine_mapped_to_a_child_pipeline(tmp_path):
     write(
         tmp_path,
         {
+            "best.py": "import json, os\n"
+            + DUMP.format("{'best_depth': 10, 'model': os.environ['M']}"),
             "bunsui.local.yaml": """
             state_machines:
               tuning: {pipeline: tuning.yaml}
@@ -123,7 +129,7 @@ def test_a_state_machine_mapped_to_a_child_pipeline(tmp_path):
               - id: best
                 type: custom
                 parameters:
-                  command: ["python3", "-c", "import json,os; json.dump({'best_depth': 10, 'model': os.environ['M']}, open(os.environ['BUNSUI_OUTPUT'],'w'))"]
+                  command: ["python3", "best.py"]
                   environment: {M: "${model_name}"}
             """,
             "p.yaml": """
