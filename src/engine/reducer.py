@@ -235,6 +235,11 @@ class Reducer:
         for run in self.store.runs(session_id, {JobStatus.WAITING}):
             if run.index is None and run.done == run.expected:
                 call.ready.append(run.job_id)
+            elif run.index is not None:
+                # An item created by a fan-out whose driver died before starting it.
+                fan = self.store.get_run(session_id, run.job_id)
+                if fan is not None and fan.status is JobStatus.RUNNING:
+                    self._start(call, run)
         for job_id in graph.roots():
             if self.store.get_run(session_id, job_id) is None:
                 call.ready.append(job_id)

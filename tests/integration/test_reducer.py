@@ -500,3 +500,19 @@ jobs:
         ]
     )
     assert "s3cr3t-VALUE" not in stored
+
+
+def test_repair_starts_items_a_dead_driver_created_but_never_started():
+    h = Harness(SPLIT)
+    h.finish("split", {})
+    assert h.dispatched()[1:] == ["each[0]", "each[1]"]
+    # As if the driver died right after creating the items: put one back to waiting.
+    h.store.transition(h.session_id, "each[2]", {JobStatus.QUEUED}, {"status": JobStatus.WAITING})
+    h.reducer.repair(h.session_id, h.tick(), "lost")
+    for _ in range(30):
+        for key in h.running():
+            h.finish(key, {"ok": True})
+        h.tick(1)
+        h.fire_timers()
+    assert h.session_status() is SessionStatus.SUCCEEDED
+    assert h.status("each[2]") is JobStatus.SUCCEEDED
