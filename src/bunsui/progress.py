@@ -275,8 +275,12 @@ def styled(status: str) -> Text:
 def _attempts(view: JobView) -> str:
     if view.attempts == 0:
         return ""
-    if view.job.retries and not view.items:
-        return f"{view.attempts}/{view.job.retries + 1}"
+    if view.job.retries and not view.items and view.run is not None:
+        # After a session retry the budget starts again: show this try's count of it.
+        this_try = view.attempts - view.run.base_attempt
+        return f"{this_try}/{view.job.retries + 1}" + (
+            f" ({view.attempts} in all)" if view.run.base_attempt else ""
+        )
     return str(view.attempts)
 
 

@@ -41,7 +41,7 @@ from engine.events import (
 )
 from engine.expressions import truth
 from engine.inputs import fan_out_items, job_inputs
-from engine.parameters import redacted
+from engine.parameters import REDACTED, redacted
 from engine.pipeline import JobBase, Pipeline
 from engine.ports import Dispatch, Dispatcher, Secrets, Store, Timers
 from engine.scope import Context, MemorySecrets, RunScope
@@ -101,7 +101,13 @@ class Reducer:
 
     def _keep(self, session_id: str, pipeline: Pipeline, values: Mapping[str, Any]) -> dict:
         """Put the secret values aside; what the store gets has ``******`` in their place."""
-        hidden = {p.name for p in pipeline.parameters if p.secret and p.name in values}
+        # A value still masked (a retry re-sending the stored parameters) keeps the
+        # secret already kept.
+        hidden = {
+            p.name
+            for p in pipeline.parameters
+            if p.secret and p.name in values and values[p.name] != REDACTED
+        }
         if hidden:
             self.secrets.put(session_id, {name: values[name] for name in hidden})
         return dict(redacted(pipeline.parameters, values))
@@ -752,6 +758,7 @@ class Reducer:
                     run.attempt,
                     {"reason": reason},
                 )
+        self.store.recount(call.session.id)  # cancelled runs count as finished
         self.store.set_session_status(
             call.session.id,
             {SessionStatus.CANCELLING},

@@ -516,3 +516,21 @@ def test_repair_starts_items_a_dead_driver_created_but_never_started():
         h.fire_timers()
     assert h.session_status() is SessionStatus.SUCCEEDED
     assert h.status("each[2]") is JobStatus.SUCCEEDED
+
+
+def test_a_retry_resending_masked_parameters_keeps_the_secret():
+    text = """
+version: "1.1"
+name: secret-retry
+parameters:
+  - {name: token, type: string, secret: true, required: true}
+  - {name: mode, type: string, default: a}
+jobs:
+  - {id: call, type: custom, parameters: {command: "use ${token} ${mode}"}}
+"""
+    h = Harness(text, {"token": "t0ken"})
+    h.finish("call", error="boom")
+    stored = dict(h.store.get_session(h.session_id).parameters)
+    assert stored == {"token": "******", "mode": "a"}
+    h.reducer.retry(h.session_id, h.tick(), {**stored, "mode": "b"})
+    assert h.world.orders[-1].inputs["command"] == "use t0ken b"

@@ -137,6 +137,12 @@ class LocalBackend:
             str(template.resolve()) if template else None,
             str(mapping.resolve()) if mapping else None,
         )
+        # A broken template or mapping file is an error now, not when a job needs it.
+        LocalResolver(
+            Path(origin.base_dir),
+            Path(origin.template) if origin.template else None,
+            Path(origin.mapping) if origin.mapping else None,
+        ).load()
         self._origin_file(session_id).write_text(json.dumps(origin.__dict__))
         reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned, self.secrets)
         return reducer.create(pipeline, version, parameters, session_id, now_iso())
