@@ -20,7 +20,7 @@ DEMO_PARAMETERS := model_name=customer_churn_model \
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	set -o pipefail; PIP_CONSTRAINT=requirements/constraints.txt $(BIN)/pip install -q -e '.[dev]' $(PIP_QUIET)
+	set -o pipefail; PIP_CONSTRAINT=requirements/constraints.txt $(BIN)/pip install -q -e '.[dev,ml]' $(PIP_QUIET)
 	touch $@
 
 $(SAM_VENV)/.installed: requirements/sam.txt
@@ -50,7 +50,7 @@ test: lint unit sam-validate
 lock:
 	rm -rf .lock-venv .lock-venv-sam
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q -U setuptools wheel && .lock-venv/bin/pip install -q -e '.[dev]'
+	.lock-venv/bin/pip install -q -U setuptools wheel && .lock-venv/bin/pip install -q -e '.[dev,ml]'
 	{ echo "# Pinned versions for the project venv (.venv). Regenerate with: make lock"; \
 	  .lock-venv/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > requirements/constraints.txt
 	$(PYTHON) -m venv .lock-venv-sam && .lock-venv-sam/bin/pip install -q aws-sam-cli
