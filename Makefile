@@ -9,12 +9,6 @@ SAM := $(SAM_VENV)/bin/sam
 PIP_QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export SAM_CLI_TELEMETRY := 0
-DEMO_PIPELINE := examples/ml-pipeline/ml-pipeline.yaml
-DEMO_PARAMETERS := model_name=customer_churn_model \
-	training_data_path=s3://data-bucket/customer_data.csv \
-	model_version=v1.1 \
-	hyperparameters='{"max_depth": 10, "n_estimators": 100}' \
-	evaluation_threshold=0.85
 
 .PHONY: demo test lint unit sam-validate clean lock
 
@@ -28,10 +22,9 @@ $(SAM_VENV)/.installed: requirements/sam.txt
 	set -o pipefail; $(SAM_VENV)/bin/pip install -q -r requirements/sam.txt $(PIP_QUIET)
 	touch $@
 
+# The product's ML pipeline, run for real on the local backend (see examples/ml-pipeline).
 demo: $(VENV)/.installed
-	$(BIN)/bunsui pipeline validate --file $(DEMO_PIPELINE)
-	$(BIN)/bunsui pipeline plan --file $(DEMO_PIPELINE) --parameters $(DEMO_PARAMETERS)
-	$(BIN)/bunsui pipeline graph --file $(DEMO_PIPELINE) --format text
+	cd examples/ml-pipeline && ../../$(BIN)/python demo.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -40,10 +33,14 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q
 
+EXAMPLE_TEMPLATE := examples/ml-pipeline/template.yml
+
 sam-validate: $(VENV)/.installed $(SAM_VENV)/.installed
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml $(EXAMPLE_TEMPLATE)
 	$(SAM) validate --lint --template template.yaml
 	$(SAM) validate --region us-east-1 --template template.yaml
+	$(SAM) validate --lint --template $(EXAMPLE_TEMPLATE)
+	$(SAM) validate --region us-east-1 --template $(EXAMPLE_TEMPLATE)
 
 test: lint unit sam-validate
 

@@ -140,8 +140,9 @@ class JobView:
 
     @property
     def items_total(self) -> int:
+        # A claimed fan-out expects its parents' edges and then one per item.
         if self.run is not None and self.run.expected and self.job.fan_out is not None:
-            return max(self.run.expected, len(self.items))
+            return max(self.run.expected - len(self.job.depends_on), len(self.items))
         return len(self.items)
 
     @property

@@ -32,6 +32,19 @@ has no template, and every job type that has no local equivalent of its own
 Paths in the mapping are relative to the mapping file's folder. The mapping
 wins over the template. Nothing here runs anything: the template is read with
 a safe loader that keeps intrinsic functions (``!Ref``, ``!Sub``...) as data.
+
+A container image function (``PackageType: Image``) runs as ``sam local invoke``
+runs it, assuming its image copies the build context into the task root: the
+handler is ``ImageConfig.Command[0]`` (else the first word of the Dockerfile's
+CMD), and the code folder is ``Metadata.DockerContext``, relative to the
+template. An image with its own ``ImageConfig.EntryPoint`` is refused.
+
+In the commands of the mapping (``tasks``, ``glue``, ``batch``, ``emr``, and the
+ENTRYPOINT/CMD read from a mapped Dockerfile), a first word ``python`` or
+``python3`` is replaced by the interpreter that runs Bunsui (``sys.executable``,
+which runs the Lambda handlers too), so a command finds the packages of Bunsui's
+environment whatever ``PATH`` holds. Write another path (``/usr/bin/python3``)
+to run another interpreter. A ``custom`` job's own command is run as written.
 """
 
 from __future__ import annotations
@@ -39,9 +52,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +74,7 @@ LAMBDA_MEMORY = 128
 _FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 _GLOBAL_KEYS = ("CodeUri", "Handler", "Runtime", "Timeout", "MemorySize")
 _SUB_PART = re.compile(r"\$\{([^}]*)\}")
+_PYTHONS = ("python", "python3")
 
 
 # ---------------------------------------------------------------- what runs
@@ -115,6 +130,8 @@ class _Template:
     """Properties of each function by logical id, Globals merged in."""
     params: dict[str, Any]
     """The template's Parameters (their Defaults stand in for ``!Ref``)."""
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The ``Metadata`` of each function by logical id (``DockerContext`` of an image)."""
 
 
 # ---------------------------------------------------------------- the mapping file
@@ -472,10 +489,12 @@ class LocalResolver:
         defaults = _dict(_dict(data.get("Globals")).get("Function"))
         params = _dict(data.get("Parameters"))
         out: dict[str, dict[str, Any]] = {}
+        metadata: dict[str, dict[str, Any]] = {}
         for logical, resource in resources.items():
             if not isinstance(resource, dict) or resource.get("Type") not in _FUNCTION_TYPES:
                 continue
             props = _dict(resource.get("Properties"))
+            metadata[str(logical)] = _dict(resource.get("Metadata"))
             if resource["Type"] == "AWS::Serverless::Function":  # Globals apply to SAM only
                 for key in _GLOBAL_KEYS:
                     props.setdefault(key, defaults.get(key))
@@ -488,7 +507,7 @@ class LocalResolver:
             else:
                 props.setdefault("CodeUri", props.get("Code"))
             out[str(logical)] = props
-        return _Template(out, params)
+        return _Template(out, params, metadata)
 
     def _template_function(
         self, name: str, logical: str, template: _Template, job: str
@@ -497,24 +516,11 @@ class LocalResolver:
         props = template.functions[logical]
         origin = f"{_show(self.template_path)} Resources.{logical}"
         fix = f"; map '{name}' in {self._mapping_name()} functions: instead."
-        runtime = props.get("Runtime")
         if props.get("PackageType") == "Image":
-            raise DispatchFailed(f"{job}: {origin} is a container image function{fix}")
-        if isinstance(runtime, str) and not runtime.startswith("python"):
-            raise DispatchFailed(f"{job}: {origin} has Runtime {runtime}; only python runs{fix}")
-        handler = props.get("Handler")
-        if not isinstance(handler, str) or not handler:
-            raise DispatchFailed(f"{job}: {origin} has no Handler{fix}")
-        code = props.get("CodeUri")
-        if code is None and props.get("InlineCode") is not None:
-            raise DispatchFailed(f"{job}: {origin} uses InlineCode{fix}")
-        if code is not None and not isinstance(code, str):
-            raise DispatchFailed(f"{job}: {origin} has a CodeUri that is not a local path{fix}")
-        code_dir = self.template_path.parent / (code or ".")
-        if not code_dir.is_dir():
-            raise DispatchFailed(
-                f"{job}: CodeUri {_show(code_dir)} of {origin} is not a folder; fix CodeUri."
-            )
+            metadata = template.metadata.get(logical, {})
+            code_dir, handler = self._image(metadata, props, origin, fix, job)
+        else:
+            code_dir, handler = self._zip(props, origin, fix, job)
         params = template.params
         environment = {
             k: text
@@ -531,6 +537,65 @@ class LocalResolver:
             memory if isinstance(memory, int) else LAMBDA_MEMORY,
             origin,
         )
+
+    def _zip(self, props: Mapping[str, Any], origin: str, fix: str, job: str) -> tuple[Path, str]:
+        """The code folder and handler of a zip function: ``CodeUri`` and ``Handler``."""
+        assert self.template_path is not None
+        runtime = props.get("Runtime")
+        if isinstance(runtime, str) and not runtime.startswith("python"):
+            raise DispatchFailed(f"{job}: {origin} has Runtime {runtime}; only python runs{fix}")
+        handler = props.get("Handler")
+        if not isinstance(handler, str) or not handler:
+            raise DispatchFailed(f"{job}: {origin} has no Handler{fix}")
+        code = props.get("CodeUri")
+        if code is None and props.get("InlineCode") is not None:
+            raise DispatchFailed(f"{job}: {origin} uses InlineCode{fix}")
+        if code is not None and not isinstance(code, str):
+            raise DispatchFailed(f"{job}: {origin} has a CodeUri that is not a local path{fix}")
+        code_dir = self.template_path.parent / (code or ".")
+        if not code_dir.is_dir():
+            raise DispatchFailed(
+                f"{job}: CodeUri {_show(code_dir)} of {origin} is not a folder; fix CodeUri."
+            )
+        return code_dir, handler
+
+    def _image(
+        self, metadata: Mapping[str, Any], props: Mapping[str, Any], origin: str, fix: str, job: str
+    ) -> tuple[Path, str]:
+        """The code folder and handler of an image function, as ``sam local invoke`` runs it:
+        the build context (``Metadata.DockerContext``) stands for the image's task root, and
+        ``ImageConfig.Command[0]`` (else the Dockerfile's CMD) names the handler."""
+        assert self.template_path is not None
+        config = _dict(props.get("ImageConfig"))
+        if config.get("EntryPoint"):
+            raise DispatchFailed(
+                f"{job}: {origin} is an image function with its own ImageConfig.EntryPoint, "
+                f"which runs only in its container{fix}"
+            )
+        context = metadata.get("DockerContext")
+        if not isinstance(context, str) or not context:
+            raise DispatchFailed(
+                f"{job}: {origin} is an image function without Metadata.DockerContext, "
+                f"the folder its image is built from{fix}"
+            )
+        code_dir = self.template_path.parent / context
+        if not code_dir.is_dir():
+            raise DispatchFailed(
+                f"{job}: Metadata.DockerContext {_show(code_dir)} of {origin} is not a folder; "
+                "fix DockerContext."
+            )
+        command = config.get("Command")
+        if not command:
+            dockerfile = metadata.get("Dockerfile")
+            path = code_dir / (dockerfile if isinstance(dockerfile, str) else "Dockerfile")
+            command = dockerfile_command(path)[1] if path.is_file() else None
+        handler = command[0] if isinstance(command, list) and command else None
+        if not isinstance(handler, str) or not handler:
+            raise DispatchFailed(
+                f"{job}: {origin} is an image function whose handler is in neither "
+                f"ImageConfig.Command nor its Dockerfile's CMD{fix}"
+            )
+        return code_dir, handler
 
     # ------------------------------------------------------------ mapping
 
@@ -663,6 +728,7 @@ class LocalResolver:
             )
         if not command:
             raise DispatchFailed(f"{job}: {origin} gives no command to run; add command:.")
+        command = _own_python(command)
         return CommandTarget(
             command, cwd, {**_env(entry.environment), **_env(environment or {})}, origin
         )
@@ -673,6 +739,16 @@ class LocalResolver:
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def _own_python(command: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """The command with a first word ``python``/``python3`` replaced by Bunsui's interpreter."""
+    if isinstance(command, tuple):
+        if command and command[0] in _PYTHONS:
+            return (sys.executable, *command[1:])
+        return command
+    head, space, rest = command.lstrip().partition(" ")
+    return f"{shlex.quote(sys.executable)}{space}{rest}" if head in _PYTHONS else command
 
 
 def _command(value: Any) -> str | tuple[str, ...]:

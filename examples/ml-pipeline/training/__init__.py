@@ -1,0 +1,1 @@
+"""The training container of the ``ml-training-task`` ECS task definition."""
