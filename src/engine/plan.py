@@ -88,7 +88,7 @@ class Plan:
         return [job for level in self.levels for job in level]
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form (documented in docs/cli.md)."""
+        """The stable JSON form (documented in docs/cli-reference.md)."""
         return {
             "pipeline": self.pipeline,
             "version": self.version,

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.errors import (
-    BunsuiError,
     Conflict,
     DispatchFailed,
     ExpressionError,
@@ -792,4 +791,4 @@ class Reducer:
         self.store.append_history(HistoryEntry(session_id, at, kind, key, attempt, detail))
 
 
-__all__ = ["BunsuiError", "PipelineSource", "Reducer", "later"]
+__all__ = ["PipelineSource", "Reducer", "later"]
