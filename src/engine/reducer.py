@@ -299,6 +299,8 @@ class Reducer:
         for run in self.store.runs(session_id):
             if run.job_id not in redo_set or run.status not in TERMINAL_JOB:
                 continue
+            if run.index is not None and run.status is JobStatus.SUCCEEDED:
+                continue  # a succeeded item is kept if the fan-out expands to it again
             reset: dict[str, Any] = {
                 "status": JobStatus.WAITING,
                 "output": None,
@@ -426,12 +428,33 @@ class Reducer:
         self._history(
             call.session.id, call.now, "fan_out_started", run.key, detail={"items": len(items)}
         )
+        kept: list[JobRun] = []
         for index, item in enumerate(items):
             key = run_key(run.job_id, index)
             fresh = JobRun(call.session.id, key, run.job_id, index=index, item=item)
-            if not self.store.put_run(fresh):
-                # Left by an earlier run of the session (a retry): reuse it, so its
-                # attempt numbers go on, but with this expansion's item.
+            if self.store.put_run(fresh):
+                continue
+            # Left by an earlier run of the session (a retry): reuse it, so its attempt
+            # numbers go on. A succeeded item for the very same value keeps its output.
+            earlier = self.store.get_run(call.session.id, key)
+            if earlier is None:
+                continue
+            if earlier.status is JobStatus.SUCCEEDED and earlier.item == item:
+                kept.append(earlier)
+            elif earlier.status is JobStatus.SUCCEEDED:
+                self.store.transition(
+                    call.session.id,
+                    key,
+                    {JobStatus.SUCCEEDED},
+                    {
+                        "status": JobStatus.WAITING,
+                        "item": item,
+                        "output": None,
+                        "ended_at": None,
+                        "base_attempt": earlier.attempt,
+                    },
+                )
+            else:
                 self.store.transition(call.session.id, key, {JobStatus.WAITING}, {"item": item})
         stale = [
             r.key
@@ -440,6 +463,8 @@ class Reducer:
         ]
         if stale:
             self.store.delete_runs(call.session.id, stale)
+        for item_run in kept:
+            self._count_item(call, item_run)
         for index in range(len(items)):
             item_run = self.store.get_run(call.session.id, run_key(run.job_id, index))
             if item_run is not None and item_run.status is JobStatus.WAITING:

@@ -534,3 +534,24 @@ jobs:
     assert stored == {"token": "******", "mode": "a"}
     h.reducer.retry(h.session_id, h.tick(), {**stored, "mode": "b"})
     assert h.world.orders[-1].inputs["command"] == "use t0ken b"
+
+
+def test_a_retried_fan_out_reruns_only_its_failed_items():
+    text = SPLIT.replace("retries: 1", "retries: 0")
+    h = Harness(text)
+    h.finish("split", {})
+    for _ in range(10):
+        for key in h.running():
+            if key == "each[4]":
+                h.finish(key, error="bad")
+            else:
+                h.finish(key, {"key": key})
+    assert h.status("each") is JobStatus.FAILED
+    before = len(h.world.orders)
+    h.reducer.retry(h.session_id, h.tick())
+    assert [o.key for o in h.world.orders[before:]] == ["each[4]"]
+    h.finish("each[4]", {"key": "each[4]"})
+    assert h.status("each") is JobStatus.SUCCEEDED
+    assert h.run("each[0]").output == {"key": "each[0]"}
+    h.finish("after", {})
+    assert h.session_status() is SessionStatus.SUCCEEDED
