@@ -63,6 +63,14 @@ class Origin:
     template: str | None = None
     mapping: str | None = None
 
+    def resolver(self) -> LocalResolver:
+        """What finds the session's local code."""
+        return LocalResolver(
+            Path(self.base_dir),
+            Path(self.template) if self.template else None,
+            Path(self.mapping) if self.mapping else None,
+        )
+
 
 class _NoTimers:
     """Timers of a process that does not drive: the driver schedules for itself."""
@@ -138,11 +146,7 @@ class LocalBackend:
             str(mapping.resolve()) if mapping else None,
         )
         # A broken template or mapping file is an error now, not when a job needs it.
-        LocalResolver(
-            Path(origin.base_dir),
-            Path(origin.template) if origin.template else None,
-            Path(origin.mapping) if origin.mapping else None,
-        ).load()
+        origin.resolver().load()
         self._origin_file(session_id).write_text(json.dumps(origin.__dict__))
         reducer = Reducer(self.store, _Inert(), _NoTimers(), self._pinned, self.secrets)
         return reducer.create(pipeline, version, parameters, session_id, now_iso())
@@ -202,14 +206,12 @@ class LocalBackend:
         self._take(lock, session_id)
         events: queue.Queue[Event] = queue.Queue()
         timers = LocalTimers(events.put)
-        origin = self.origin(session_id)
-        resolver = LocalResolver(
-            Path(origin.base_dir),
-            Path(origin.template) if origin.template else None,
-            Path(origin.mapping) if origin.mapping else None,
-        )
         dispatcher = LocalDispatcher(
-            events.put, resolver, self.logs, now_iso, child_sessions=self._child_session
+            events.put,
+            self.origin(session_id).resolver(),
+            self.logs,
+            now_iso,
+            child_sessions=self._child_session,
         )
         reducer = Reducer(self.store, dispatcher, timers, self._pinned, self.secrets)
         try:
