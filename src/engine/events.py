@@ -19,7 +19,12 @@ class SessionStarted:
 
 @dataclass(frozen=True)
 class AttemptFinished:
-    """An attempt of a run ended: its raw result, or the error that ended it."""
+    """An attempt of a run ended: its raw result, or the error that ended it.
+
+    ``handle`` is the service's id of the work when the event names it (a Lambda
+    request id, an ECS task ARN...): recorded with the outcome, so logs can find
+    the work without a write at dispatch.
+    """
 
     session_id: str
     key: str
@@ -27,6 +32,7 @@ class AttemptFinished:
     now: str
     result: Any = None
     error: str | None = None
+    handle: str | None = None
 
 
 @dataclass(frozen=True)

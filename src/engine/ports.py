@@ -152,8 +152,13 @@ class Dispatcher(Protocol):
             DispatchFailed: the work could not be started (counts as a failed attempt).
         """
 
-    def stop(self, session_id: str, key: str, handle: str | None) -> None:
-        """Stop running work where the service allows it (best effort)."""
+    def stop(self, run: JobRun, job_type: str) -> None:
+        """Stop the run's current attempt where the service allows it (best effort).
+
+        The run carries what finds the work: its ``handle`` when the dispatcher
+        returned one, else its session, key and attempt (the dispatch id) and the
+        ``inputs`` it was dispatched with (cluster, state machine, queue...).
+        """
 
 
 class Secrets(Protocol):

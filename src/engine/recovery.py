@@ -43,7 +43,7 @@ class Recovery:
             fan_parent = run.index is None and pipeline.job(run.job_id).fan_out is not None
             if run.status is JobStatus.RUNNING and not fan_parent:
                 # The attempt's work may outlive its driver: stop it before running it again.
-                self.dispatcher.stop(session_id, run.key, run.handle)
+                self.dispatcher.stop(run, str(pipeline.job(run.job_id).type))
                 self._attempt_finished(
                     call, AttemptFinished(session_id, run.key, run.attempt, now, error=lost)
                 )

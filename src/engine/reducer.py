@@ -444,6 +444,8 @@ class Reducer(Recovery):
         run = self.store.get_run(call.session.id, event.key)
         if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
             return  # a duplicate, or the result of an attempt that timed out or was cancelled
+        if event.handle is not None and run.handle is None:
+            run = run.but(handle=event.handle)  # written with the outcome, in the same write
         if event.error is not None:
             self._attempt_failed(call, run, event.error)
             return
@@ -460,7 +462,7 @@ class Reducer(Recovery):
         run = self.store.get_run(call.session.id, event.key)
         if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
             return
-        self.dispatcher.stop(call.session.id, run.key, run.handle)
+        self.dispatcher.stop(run, str(call.pipeline.job(run.job_id).type))
         timeout = call.pipeline.job(run.job_id).timeout or 0
         self._attempt_failed(call, run, f"timed out after {timeout:g}s")
 
@@ -475,7 +477,12 @@ class Reducer(Recovery):
             call.session.id,
             run.key,
             {JobStatus.RUNNING},
-            {"status": JobStatus.RETRYING, "error": error, "updated_at": call.now},
+            {
+                "status": JobStatus.RETRYING,
+                "error": error,
+                "handle": run.handle,
+                "updated_at": call.now,
+            },
             attempt=run.attempt,
         )
         if waiting is None:
@@ -516,6 +523,7 @@ class Reducer(Recovery):
                 "output": output,
                 "error": error,
                 "reason": reason,
+                "handle": run.handle,
                 "ended_at": call.now,
                 "updated_at": call.now,
             },
@@ -602,7 +610,7 @@ class Reducer(Recovery):
         live = set(JobStatus) - TERMINAL_JOB
         for run in self.store.runs(call.session.id, live):
             if run.status is JobStatus.RUNNING:
-                self.dispatcher.stop(call.session.id, run.key, run.handle)
+                self.dispatcher.stop(run, str(call.pipeline.job(run.job_id).type))
             cancelled = self.store.transition(
                 call.session.id,
                 run.key,

@@ -13,7 +13,7 @@ from engine.parameters import resolve_parameters
 from engine.pipeline import Pipeline
 from engine.ports import Dispatch
 from engine.reducer import Reducer, later
-from engine.state import JobStatus, SessionStatus
+from engine.state import JobRun, JobStatus, SessionStatus
 
 T0 = "2026-01-01T00:00:00+00:00"
 
@@ -35,8 +35,8 @@ class Recorder:
         self.orders.append(order)
         return f"handle-{order.key}-{order.attempt}"
 
-    def stop(self, session_id: str, key: str, handle: str | None) -> None:
-        self.stopped.append((key, handle))
+    def stop(self, run: JobRun, job_type: str) -> None:
+        self.stopped.append((run.key, run.handle))
 
     def schedule(self, event: Event, at: str) -> None:
         self.timers.append((at, event))

@@ -513,7 +513,7 @@ def test_stop_kills_the_whole_process_group_and_the_report_says_so(dispatcher, r
         time.sleep(0.02)
     child = int(pid_file.read_text())
 
-    dispatcher.stop("s1", "sleeper", handle)
+    dispatcher.stop_attempt("s1", "sleeper", handle)
 
     finished = reports.wait("sleeper")
     assert finished.error == "stopped by Bunsui (signal SIGTERM)"
@@ -529,14 +529,14 @@ def test_stop_kills_a_job_that_ignores_sigterm_after_the_grace(dispatcher, repor
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
-    dispatcher.stop("s1", "stubborn", handle)
+    dispatcher.stop_attempt("s1", "stubborn", handle)
 
     assert reports.wait("stubborn").error == "stopped by Bunsui (signal SIGKILL)"
 
 
 def test_stop_of_an_unknown_handle_is_harmless(dispatcher):
-    dispatcher.stop("s1", "nothing", "local:1")
-    dispatcher.stop("s1", "nothing", None)
+    dispatcher.stop_attempt("s1", "nothing", "local:1")
+    dispatcher.stop_attempt("s1", "nothing", None)
 
 
 def _alive(pid: int) -> bool:

@@ -81,7 +81,7 @@ class World:
         self.pool.extend([event] * self.copies())
         return f"h-{order.key}"
 
-    def stop(self, session_id: str, key: str, handle: Any) -> None:
+    def stop(self, run: Any, job_type: str) -> None:
         pass
 
     def schedule(self, event: Event, at: str) -> None:
@@ -137,7 +137,7 @@ def test_completions_handled_from_several_threads_at_once(tmp_path):
             events.put(done)  # every completion is delivered twice
             return "h"
 
-        def stop(self, session_id: str, key: str, handle: Any) -> None:
+        def stop(self, run: Any, job_type: str) -> None:
             pass
 
         def schedule(self, event: Event, at: str) -> None:

@@ -45,7 +45,7 @@ from engine.local.timers import LocalTimers, now_iso
 from engine.parameters import resolve_parameters
 from engine.pipeline import Pipeline
 from engine.reducer import Reducer, later
-from engine.state import Session, SessionStatus
+from engine.state import JobRun, Session, SessionStatus
 
 LOST = "the local driver stopped while this attempt ran"
 POLL_SECONDS = 0.2
@@ -339,7 +339,7 @@ class _Inert:
     def dispatch(self, order: Any) -> str | None:
         raise BunsuiError("this process does not drive the session")
 
-    def stop(self, session_id: str, key: str, handle: str | None) -> None:
+    def stop(self, run: JobRun, job_type: str) -> None:
         from engine.local.runners import stop_handle
 
-        stop_handle(handle)
+        stop_handle(run.handle)

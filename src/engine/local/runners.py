@@ -50,6 +50,7 @@ from engine.events import AttemptFinished
 from engine.local import lambda_host
 from engine.local.resolve import CommandTarget, HandlerTarget, LocalResolver, PipelineTarget
 from engine.ports import Dispatch
+from engine.state import JobRun
 
 STOP_GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL when a job is stopped."""
@@ -287,7 +288,11 @@ class LocalDispatcher:
         self._track(run, self._watch)
         return run.handle
 
-    def stop(self, session_id: str, key: str, handle: str | None) -> None:
+    def stop(self, run: JobRun, job_type: str) -> None:
+        """The port: stop the run's attempt (see :meth:`stop_attempt`)."""
+        self.stop_attempt(run.session_id, run.key, run.handle)
+
+    def stop_attempt(self, session_id: str, key: str, handle: str | None) -> None:
         """Stop the attempt with this handle (any attempt of the run, if None): SIGTERM to its
         process group, SIGKILL after :data:`STOP_GRACE` seconds. Its report says it was stopped.
 
@@ -317,7 +322,7 @@ class LocalDispatcher:
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
-            self.stop(run.order.session_id, run.order.key, run.handle)
+            self.stop_attempt(run.order.session_id, run.order.key, run.handle)
         end = time.monotonic() + timeout
         for run in runs:
             if run.thread is not None:
