@@ -10,7 +10,7 @@ PIP_QUIET := 2>&1 | { grep -v -e 'is ignored: it is neither a file nor a directo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test lint unit sam-validate clean lock
+.PHONY: demo test lint unit sam-validate sam-build clean lock openapi
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,22 @@ sam-validate: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(SAM) validate --lint --template $(EXAMPLE_TEMPLATE)
 	$(SAM) validate --region us-east-1 --template $(EXAMPLE_TEMPLATE)
 
-test: lint unit sam-validate
+# sam build packages src/ for python3.13, the functions' runtime. pyenv's 3.13 goes first on
+# PATH when pyenv has one (3.13.0, else the latest 3.13.x); otherwise python3.13 must be on PATH.
+PY313_PREFIX = $(shell pyenv prefix 3.13.0 2>/dev/null || pyenv prefix 3.13 2>/dev/null)
+PY313_PATH = $(if $(PY313_PREFIX),$(PY313_PREFIX)/bin:)$$PATH
+
+sam-build: $(SAM_VENV)/.installed
+	@PATH="$(PY313_PATH)" python3.13 -c 'import sys' 2>/dev/null || { \
+	  echo "sam-build: python3.13 (the functions' runtime) is not on PATH; install it, e.g. 'pyenv install 3.13.0'." >&2; \
+	  exit 1; }
+	PATH="$(PY313_PATH)" $(SAM) build --template template.yaml --build-dir .aws-sam/build
+
+test: lint unit sam-validate sam-build
+
+# The API's OpenAPI document, generated from the handler's routes and models.
+openapi: $(VENV)/.installed
+	cd src && ../$(BIN)/python -m handlers.api --openapi > ../docs/openapi.json
 
 lock:
 	rm -rf .lock-venv .lock-venv-sam

@@ -1,24 +1,36 @@
-"""Recovery: driving on after a crash (repair) and re-running a failed session (retry).
+"""Recovery: driving on after a crash (repair, sweep) and re-running a failed session (retry).
 
 A mixin of :class:`engine.reducer.Reducer`: each step here is one the reducer
 takes anyway (its conditional writes and idempotent edge counts), applied to
-what a session's records say, so a repair of a healthy session changes
-nothing and a retry never runs a succeeded job again.
+what a session's records say, so a repair or a sweep of a healthy session
+changes nothing and a retry never runs a succeeded job again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from engine.errors import Conflict
-from engine.events import AttemptFinished
-from engine.scope import Context
-from engine.state import TERMINAL_JOB, JobStatus, Outcome, Session, SessionStatus
+from engine.errors import Conflict, ExpressionError
+from engine.events import AttemptFinished, AttemptTimedOut
+from engine.inputs import fan_out_items
+from engine.scope import Context, RunScope
+from engine.semantics import retry_delay
+from engine.state import TERMINAL_JOB, JobRun, JobStatus, Outcome, Session, SessionStatus, run_key
+
+SWEPT_CANCEL = "cancelled; its cancel was interrupted and the sweeper finished it"
+
+
+def _seconds(since: str | None, now: str) -> float:
+    """Seconds from ``since`` to ``now`` (ISO-8601, any offset form); 0 when unknown."""
+    if not since:
+        return 0.0
+    return (datetime.fromisoformat(now) - datetime.fromisoformat(since)).total_seconds()
 
 
 class Recovery:
-    """``repair`` and ``retry`` for the reducer (they use its ports and steps)."""
+    """``repair``, ``sweep`` and ``retry`` for the reducer (they use its ports and steps)."""
 
     def repair(self, session_id: str, now: str, lost: str) -> None:
         """Drive on a session left half-done by a reducer or driver that died.
@@ -81,6 +93,286 @@ class Recovery:
         session = self.store.recount(session_id)
         if session.finished >= session.total:
             self._close(call, session)
+
+    def sweep(self, session_id: str, now: str, grace_seconds: float = 300.0) -> list[str]:
+        """Drive on what a reducer that died mid-event left, leaving live work alone.
+
+        Unlike :meth:`repair` (run once its driver is known dead), a sweep runs while
+        other reducers may be handling events of the session. So it takes only steps
+        that are safe beside them, and writes nothing for a healthy session:
+
+        - edges of ended runs that their child (or fan-out) never counted are
+          counted, and the runs they complete are decided; a waiting run counted
+          but never decided is decided; roots of a session never started start;
+        - a fan-out whose items were not all created, or not all started, gets them;
+          a fan-out whose items all ended is ended;
+        - a retry ``grace_seconds`` past its delay starts (its timer was lost);
+        - a running attempt ``grace_seconds`` past its timeout times out (its timer
+          was lost). Other running attempts are left alone: their work may still
+          run on its service, and their own timeout covers them;
+        - queued runs start while their limits have room; slots held by no running
+          run are given back once the session is quiet;
+        - once no run changed for ``grace_seconds`` (no reducer is at work), the
+          counters are recounted if they disagree with the runs, and an interrupted
+          cancel is finished. A session whose runs all ended is closed.
+
+        Args:
+            session_id: The session.
+            now: The time, ISO-8601.
+            grace_seconds: How long a step may be in flight in a live reducer.
+
+        Returns:
+            What it did, one line per step taken (empty for a healthy session).
+        """
+        session = self.store.get_session(session_id)
+        if session.status.terminal:
+            return []
+        call = Context(
+            session, self.pipelines(session.pipeline, session.version), now, secrets=self.secrets
+        )
+        runs = self.store.runs(session_id)
+        changed = [session.created_at, *(run.updated_at for run in runs)]
+        quiet = all(_seconds(at, now) > grace_seconds for at in changed if at)
+        done: list[str] = []
+        if session.status is SessionStatus.CANCELLING:
+            if quiet:
+                self._finish_cancel(call, runs, done)
+            return done
+        self._count_lost_edges(call, runs, done)
+        self._expand_lost_items(call, runs, grace_seconds, done)
+        self._restart_overdue(call, runs, grace_seconds, done)
+        for run in self.store.runs(session_id, {JobStatus.WAITING}):
+            if run.index is None and run.done >= run.expected:
+                call.ready.append(run.job_id)
+        if _seconds(session.created_at, now) > grace_seconds:
+            known = {run.key for run in runs}
+            call.ready.extend(j for j in call.pipeline.graph.roots() if j not in known)
+        while call.ready:
+            job_id = call.ready.popleft()
+            before = self.store.get_run(session_id, job_id)
+            self._decide(call, job_id)
+            after = self.store.get_run(session_id, job_id)
+            if after is not None and (before is None or after.status is not before.status):
+                done.append(f"decided {job_id}: {after.status.value}")
+        self._drain_queues(call, quiet, done)
+        session = self.store.get_session(session_id)
+        if session.status.terminal:
+            return done
+        if quiet and self._miscounted(session):
+            # Only when quiet: a reducer between ending a run and counting it would
+            # count it a second time after a recount.
+            session = self.store.recount(session_id)
+            done.append(f"recounted: {session.finished} of {session.total} finished")
+        if session.finished >= session.total:
+            self._close(call, session)
+            done.append("closed the session")
+        return done
+
+    def _count_lost_edges(self, call: Context, runs: Sequence[JobRun], done: list[str]) -> None:
+        """Count the edges of ended runs that a crash left uncounted (reads alone when none)."""
+        graph, by_key = call.pipeline.graph, {run.key: run for run in runs}
+        items_left: dict[str, int] = {}
+        last_item: dict[str, JobRun] = {}
+        for run in runs:
+            if run.index is not None:
+                fan = by_key.get(run.job_id)
+                if fan is None or fan.status is not JobStatus.RUNNING:
+                    continue
+                if not run.status.terminal:
+                    items_left[run.job_id] = items_left.get(run.job_id, 0) + 1
+                    continue
+                last_item[run.job_id] = run
+                if f"[{run.index}]" not in fan.parents_done:
+                    self._count_item(call, run)
+                    done.append(f"counted {run.key} in its fan-out")
+                continue
+            if not run.status.terminal:
+                continue
+            for child in graph.children(run.job_id):
+                counted = by_key.get(child)
+                if counted is not None and run.job_id in counted.parents_done:
+                    continue
+                edge = self.store.count_edge(
+                    call.session.id,
+                    child,
+                    child,
+                    None,
+                    run.job_id,
+                    Outcome.of(run.status),
+                    graph.in_degree(child),
+                )
+                if edge is not None:
+                    done.append(f"counted {run.job_id} -> {child}")
+                    if edge.done == edge.expected:
+                        call.ready.append(child)
+        # A fan-out whose items were all counted by a reducer that died before ending it.
+        for job_id, item in last_item.items():
+            fan = self.store.get_run(call.session.id, job_id)
+            if (
+                not items_left.get(job_id)
+                and fan is not None
+                and fan.status is JobStatus.RUNNING
+                and fan.done >= fan.expected
+            ):
+                self._count_item(call, item)
+                done.append(f"ended the fan-out {job_id}")
+
+    def _expand_lost_items(
+        self, call: Context, runs: Sequence[JobRun], grace: float, done: list[str]
+    ) -> None:
+        """Create and start the items of fan-outs whose reducer died while expanding them."""
+        graph = call.pipeline.graph
+        for fan in runs:
+            job = call.pipeline.job(fan.job_id)
+            if (
+                fan.index is not None
+                or job.fan_out is None
+                or fan.status is not JobStatus.RUNNING
+                or _seconds(fan.updated_at, call.now) <= grace
+            ):
+                continue
+            present = {r.index for r in runs if r.job_id == fan.job_id and r.index is not None}
+            if len(present) < fan.expected - graph.in_degree(fan.job_id):
+                try:
+                    items = fan_out_items(job.fan_out, RunScope(self.store, call, job, fan))
+                except ExpressionError as exc:
+                    self._end(call, fan, JobStatus.FAILED, error=str(exc))
+                    continue
+                for index, item in enumerate(items):
+                    if index not in present:
+                        key = run_key(fan.job_id, index)
+                        self.store.put_run(
+                            JobRun(call.session.id, key, fan.job_id, index=index, item=item)
+                        )
+                done.append(f"created the missing items of {fan.job_id}")
+            for item in self.store.runs(call.session.id, {JobStatus.WAITING}, job_id=fan.job_id):
+                if item.index is not None:
+                    self._start(call, item)
+                    done.append(f"started {item.key}")
+
+    def _restart_overdue(
+        self, call: Context, runs: Sequence[JobRun], grace: float, done: list[str]
+    ) -> None:
+        """Retries and timeouts whose timers were lost: due long ago, so due now."""
+        for run in runs:
+            job = call.pipeline.job(run.job_id)
+            age = _seconds(run.updated_at, call.now)
+            if run.status is JobStatus.RETRYING:
+                # Full jitter waits at most the delay without it: an upper bound.
+                delay = retry_delay(job, run.attempt - run.base_attempt, 1.0) or 0.0
+                if age > delay + grace and self._start(call, run):
+                    done.append(f"started the overdue retry of {run.key}")
+            elif (
+                run.status is JobStatus.RUNNING
+                and job.timeout
+                and not (run.index is None and job.fan_out is not None)
+                and age > job.timeout + grace
+            ):
+                self._timed_out(
+                    call, AttemptTimedOut(call.session.id, run.key, run.attempt, call.now)
+                )
+                done.append(f"timed out {run.key} (its timer was lost)")
+
+    def _drain_queues(self, call: Context, quiet: bool, done: list[str]) -> None:
+        """Start queued runs whose limits have room; a quiet session's leaked slots go back.
+
+        A reducer that died between taking a slot and claiming (or between ending a
+        run and giving its slot back) leaks the slot: with every slot leaked the
+        queue would never move.
+        """
+        session = self.store.get_session(call.session.id)
+        if session.status is not SessionStatus.RUNNING:
+            return
+        call.session = session
+        live = self.store.runs(session.id, {JobStatus.QUEUED, JobStatus.RUNNING})
+        queued = [run for run in live if run.status is JobStatus.QUEUED]
+        if not queued:
+            return
+        in_use: dict[str | None, int] = {}
+        for run in live:
+            fan_parent = run.index is None and call.pipeline.job(run.job_id).fan_out is not None
+            if run.status is JobStatus.RUNNING and not fan_parent:
+                in_use[None] = in_use.get(None, 0) + 1
+                if run.index is not None:
+                    in_use[run.job_id] = in_use.get(run.job_id, 0) + 1
+        if quiet:
+            self._give_back_leaks(call, queued, in_use, done)
+        blocked: set[str | None] = set()
+        for run in queued:
+            limits = self._limits(call, run)
+            if any(scope in blocked for scope, _ in limits):
+                continue
+            if any(in_use.get(scope, 0) >= limit for scope, limit in limits):
+                blocked.update(scope for scope, _ in limits)
+                continue
+            if not self._start(call, run):
+                blocked.update(scope for scope, _ in limits)
+                continue
+            done.append(f"started queued {run.key}")
+            for scope, _ in limits:
+                in_use[scope] = in_use.get(scope, 0) + 1
+
+    def _give_back_leaks(
+        self,
+        call: Context,
+        queued: Sequence[JobRun],
+        in_use: Mapping[str | None, int],
+        done: list[str],
+    ) -> None:
+        session_id = call.session.id
+        leaked = call.session.running - in_use.get(None, 0)
+        for _ in range(max(leaked, 0)):
+            self.store.release_slot(session_id, None)
+        if leaked > 0:
+            done.append(f"gave back {leaked} leaked session slots")
+        # A fan-out's slots cannot be read; with none of its items running, all are leaked.
+        for job_id in {run.job_id for run in queued if run.index is not None}:
+            fan = call.pipeline.job(job_id).fan_out
+            if fan is not None and fan.max_concurrency and not in_use.get(job_id):
+                for _ in range(fan.max_concurrency):
+                    self.store.release_slot(session_id, job_id)
+                done.append(f"gave back the slots of {job_id}")
+
+    def _miscounted(self, session: Session) -> bool:
+        """Whether the session's counters disagree with its job-level runs."""
+        ended = [
+            run for run in self.store.runs(session.id) if run.index is None and run.status.terminal
+        ]
+        failed = sum(1 for run in ended if run.status is JobStatus.FAILED)
+        return (session.finished, session.failed) != (len(ended), failed)
+
+    def _finish_cancel(self, call: Context, runs: Sequence[JobRun], done: list[str]) -> None:
+        """End a cancel whose reducer died: the rest of its runs are cancelled, then it."""
+        session_id, pipeline = call.session.id, call.pipeline
+        for run in runs:
+            if run.status.terminal:
+                continue
+            job = pipeline.job(run.job_id)
+            if run.status is JobStatus.RUNNING and not (run.index is None and job.fan_out):
+                self.dispatcher.stop(run, str(job.type))
+            self.store.transition(
+                session_id,
+                run.key,
+                {run.status},
+                {
+                    "status": JobStatus.CANCELLED,
+                    "reason": SWEPT_CANCEL,
+                    "ended_at": call.now,
+                    "updated_at": call.now,
+                },
+            )
+        self.store.recount(session_id)
+        ended = self.store.set_session_status(
+            session_id,
+            {SessionStatus.CANCELLING},
+            SessionStatus.CANCELLED,
+            {"ended_at": call.now, "reason": SWEPT_CANCEL},
+        )
+        if ended is not None:
+            self._history(
+                session_id, call.now, "session_cancelled", detail={"reason": SWEPT_CANCEL}
+            )
+            done.append("finished an interrupted cancel")
 
     def retry(
         self, session_id: str, now: str, parameters: Mapping[str, Any] | None = None

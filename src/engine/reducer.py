@@ -23,6 +23,7 @@ from typing import Any
 from engine.errors import (
     DispatchFailed,
     ExpressionError,
+    InputTooLarge,
     OutputTooLarge,
 )
 from engine.events import (
@@ -407,9 +408,14 @@ class Reducer(Recovery):
         }
         if run.started_at is None:
             changes["started_at"] = call.now
-        claimed = self.store.transition(
-            call.session.id, run.key, {run.status}, changes, attempt=run.attempt
-        )
+        try:
+            claimed = self.store.transition(
+                call.session.id, run.key, {run.status}, changes, attempt=run.attempt
+            )
+        except InputTooLarge as exc:  # the store cannot keep inputs this large
+            self._release(call, run)
+            self._end(call, run, JobStatus.FAILED, error=str(exc))
+            return False
         if claimed is None:
             self._release(call, run)  # another reducer claimed this attempt
             return False

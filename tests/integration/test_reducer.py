@@ -555,3 +555,34 @@ def test_a_retried_fan_out_reruns_only_its_failed_items():
     assert h.run("each[0]").output == {"key": "each[0]"}
     h.finish("after", {})
     assert h.session_status() is SessionStatus.SUCCEEDED
+
+
+def test_inputs_too_large_for_the_store_fail_the_job_not_the_reducer():
+    from engine.errors import InputTooLarge
+    from engine.local.store import SqliteStore
+
+    class SmallStore(SqliteStore):
+        """A store that keeps inputs of at most 100 characters (the AWS store caps them)."""
+
+        def transition(self, session_id, key, expect, changes, attempt=None):
+            if len(json.dumps(changes.get("inputs"))) > 100:
+                raise InputTooLarge(f"job '{key}': inputs are over 100 bytes")
+            return super().transition(session_id, key, expect, changes, attempt)
+
+    text = """
+version: "1.1"
+name: big
+parameters:
+  - {name: blob, type: string}
+jobs:
+  - {id: a, type: lambda, parameters: {function_name: f, payload: {data: "${blob}"}}}
+  - {id: b, type: lambda, depends_on: [a], parameters: {function_name: f}}
+"""
+    h = Harness(text, {"blob": "x" * 500}, store=SmallStore(":memory:"))
+
+    a = h.store.get_run(h.session_id, "a")
+    assert a.status is JobStatus.FAILED
+    assert a.error == "job 'a': inputs are over 100 bytes"
+    assert h.store.get_run(h.session_id, "b").status is JobStatus.UPSTREAM_FAILED
+    assert h.session_status() is SessionStatus.FAILED
+    assert h.world.orders == []

@@ -28,6 +28,7 @@ from engine.errors import Conflict, OutputTooLarge, PipelineNotFound, SessionNot
 from engine.events import HistoryEntry
 from engine.local.store import MAX_OUTPUT_BYTES, SCHEMA_VERSION, SqliteStore
 from engine.state import JobRun, JobStatus, Outcome, Session, SessionStatus
+from tests.integration.test_dynamo_store import MotoStore
 
 W, R = JobStatus.WAITING, JobStatus.RUNNING
 NOW = "2024-05-01T12:00:00Z"
@@ -36,6 +37,7 @@ THREADS = 8
 FACTORIES: list[tuple[str, Callable[[Path], Any]]] = [
     ("sqlite-file", lambda tmp: SqliteStore(tmp / "bunsui.db")),
     ("sqlite-memory", lambda tmp: SqliteStore(":memory:")),
+    ("dynamodb-moto", lambda tmp: MotoStore()),
 ]
 
 
