@@ -22,11 +22,13 @@ from rich.markup import escape
 
 from bunsui import __version__
 from bunsui.arguments import expand_parameters, parse_pairs, read_parameters_file
+from bunsui.config import config_app
 from bunsui.drawing import draw_dot, draw_mermaid, draw_text
 from bunsui.logs import logs_app
 from bunsui.output import Format, console, emit, error_console
 from bunsui.pipelines import FileOption, FormatOption, ParametersFileOption, ParametersOption
 from bunsui.pipelines import register as register_pipeline_commands
+from bunsui.schedules import schedule_app
 from bunsui.sessions import run_file, session_app
 from engine.errors import BunsuiError, PipelineInvalid
 from engine.loader import read_pipeline
@@ -48,6 +50,8 @@ app.add_typer(pipeline_app, name="pipeline")
 register_pipeline_commands(pipeline_app)
 app.add_typer(session_app, name="session")
 app.add_typer(logs_app, name="logs")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(config_app, name="config")
 app.command("run")(run_file)
 
 

@@ -4,6 +4,9 @@ One process at a time drives a session (LocalBackend.drive). The foreground
 commands drive it themselves and redraw its progress as it changes;
 ``--detach`` starts ``python -m bunsui.cli session drive`` in a new process
 session, with its output in ``$BUNSUI_HOME/drivers/<id>.log``.
+
+On AWS the stack drives every session: the foreground commands *follow* it,
+reading it through the API every REMOTE_POLL_SECONDS, with the same views.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
+from bunsui.backends import is_remote
 from bunsui.output import Format, console, emit, error_console
 from bunsui.progress import (
     LiveView,
@@ -39,10 +43,17 @@ from engine.errors import BunsuiError
 from engine.local.backend import LocalBackend
 from engine.state import Session, SessionStatus
 
+if TYPE_CHECKING:
+    from bunsui.backends import Backend
+
 REFRESH_SECONDS = 0.2
 """The live view reads the session at most this often (it redraws 4 times a second)."""
 DRIVER_START_SECONDS = 15.0
 """How long --detach waits for the background driver to take the session."""
+REMOTE_POLL_SECONDS = 1.0
+"""How often a session on AWS is read while the CLI follows it (two API requests a time)."""
+REMOTE_READ_TRIES = 5
+"""Failed reads in a row after which following a session on AWS gives up."""
 
 
 class DriverFailed(BunsuiError):
@@ -61,14 +72,14 @@ def exit_code(session: Session) -> int:
     return 0 if session.status is SessionStatus.SUCCEEDED else 1
 
 
-def read_snapshot(backend: LocalBackend, session_id: str) -> Snapshot:
+def read_snapshot(backend: Backend, session_id: str) -> Snapshot:
     """The session and its runs now (SessionNotFound for an unknown id)."""
     session = backend.store.get_session(session_id)
     pipeline = backend.pipeline(session.pipeline, session.version)[0]
     return take_snapshot(backend.store, pipeline, session_id)
 
 
-def as_json(backend: LocalBackend, snap: Snapshot) -> dict[str, Any]:
+def as_json(backend: Backend, snap: Snapshot) -> dict[str, Any]:
     """The session JSON, with the pid of its driver while it runs."""
     driven = None if snap.session.status.terminal else backend.driver_pid(snap.session.id)
     return session_json(snap, driven)
@@ -234,8 +245,71 @@ def read_retry_parameters(path: Path) -> dict[str, Any]:
             path.unlink()
 
 
+def follow(backend: Backend, session_id: str, fmt: Format) -> Snapshot:
+    """Follow a session that the stack drives until it ends, showing its progress as
+    :func:`drive` does (a live view on a terminal, else a line per change)."""
+    live_console = _live_console(fmt)
+    snap = read_snapshot(backend, session_id)
+    view = LiveView(snap) if live_console else None
+    lines = PlainProgress(console()) if fmt is Format.TABLE and not live_console else None
+
+    def show(snap: Snapshot) -> None:
+        if view is not None:
+            view.snap = snap
+        if lines is not None:
+            lines.update(snap)
+
+    shown = (
+        Live(view, console=live_console, refresh_per_second=4, transient=True)
+        if view is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        with shown:
+            show(snap)
+            failed = 0
+            while not snap.session.status.terminal:
+                time.sleep(REMOTE_POLL_SECONDS)
+                try:
+                    snap = take_snapshot(backend.store, snap.pipeline, session_id)
+                    failed = 0
+                except BunsuiError:
+                    failed += 1  # a throttled or lost read: the next one may pass
+                    if failed >= REMOTE_READ_TRIES:
+                        raise
+                    continue
+                show(snap)
+    except KeyboardInterrupt:
+        error_console().print(
+            f"stopped following: session {session_id} goes on on AWS. Follow it again with "
+            f"'bunsui logs tail --session-id {session_id} --follow', or stop it with "
+            f"'bunsui session cancel --session-id {session_id}'."
+        )
+        raise typer.Exit(130) from None
+    return snap
+
+
+def _finish_remote(backend: Backend, session_id: str, detach: bool, fmt: Format) -> None:
+    if detach:
+        snap = read_snapshot(backend, session_id)
+        if fmt is not Format.TABLE:
+            emit(as_json(backend, snap), fmt)
+            return
+        out = console()
+        out.print(f"session {session_id} runs on AWS ({escape(getattr(backend, 'where', ''))}).")
+        for line in hints(snap.session):
+            out.print(f"  {escape(line)}", style="dim")
+        return
+    snap = follow(backend, session_id, fmt)
+    if fmt is not Format.TABLE:
+        emit(as_json(backend, snap), fmt)
+    else:
+        print_summary(console(), snap)
+    raise typer.Exit(exit_code(snap.session))
+
+
 def finish(
-    backend: LocalBackend,
+    backend: Backend,
     session_id: str,
     detach: bool,
     fmt: Format,
@@ -244,7 +318,14 @@ def finish(
     retry: RetryOrder | None = None,
 ) -> None:
     """Drive a session here (live view, then the summary or JSON, and the exit code), or
-    start a background driver and print the session id."""
+    start a background driver and print the session id.
+
+    On AWS: follow the session the stack drives (its resume or retry was asked of the
+    API already), or print its id at once with ``detach``.
+    """
+    if is_remote(backend):
+        _finish_remote(backend, session_id, detach, fmt)
+        return
     if detach:
         ended = backend.store.get_session(session_id).ended_at
 

@@ -10,6 +10,9 @@ wrote to stdout or stderr (the backend's LogBook). Each entry has a level:
   ``2024-05-01 12:00:00,001 WARNING ...``, or JSON with a ``level``,
   ``levelname`` or ``severity`` key); otherwise INFO for stdout and WARNING
   for stderr.
+
+On AWS the jobs' output is read from CloudWatch Logs (see bunsui.aws_logs),
+once each attempt has ended.
 """
 
 from __future__ import annotations
@@ -24,22 +27,27 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
+from bunsui.backends import is_remote, open_backend
 from bunsui.output import as_json, console
 from bunsui.progress import parse_time
 from engine.errors import BunsuiError
 from engine.events import HistoryEntry
-from engine.local.backend import LocalBackend
 from engine.local.runners import LogLine
+
+if TYPE_CHECKING:
+    from bunsui.backends import Backend
 
 logs_app = typer.Typer(help="Read a session's history and its jobs' output.", no_args_is_help=True)
 
 FOLLOW_SECONDS = 0.5
 """How often ``tail --follow`` looks for new entries."""
+REMOTE_FOLLOW_SECONDS = 2.0
+"""How often it looks on AWS (each look is two API requests)."""
 
 
 class Level(StrEnum):
@@ -250,7 +258,7 @@ class Selection:
         return True
 
 
-def collect(backend: LocalBackend, session_id: str, selection: Selection) -> list[dict[str, Any]]:
+def collect(backend: Backend, session_id: str, selection: Selection) -> list[dict[str, Any]]:
     """Every entry of the session that the selection keeps, in time order."""
     backend.store.get_session(session_id)  # SessionNotFound for an unknown id
     events = [history_entry(entry) for _, entry in backend.store.history(session_id)]
@@ -294,7 +302,7 @@ def tail(
     level: LevelOption = None,
 ) -> None:
     """Print a session's history and its jobs' output; with --follow, until it ends."""
-    backend = LocalBackend()
+    backend = open_backend()
     selection = Selection(job, level)
     if not follow:
         entries = collect(backend, session_id, selection)
@@ -306,17 +314,20 @@ def tail(
         raise typer.Exit(130) from None
 
 
-def _follow(
-    backend: LocalBackend, session_id: str, selection: Selection, lines: int | None
-) -> None:
+def _follow(backend: Backend, session_id: str, selection: Selection, lines: int | None) -> None:
     """Print what there is, then new entries every FOLLOW_SECONDS until the session ends."""
     backend.store.get_session(session_id)
     output: queue.Queue[LogLine] = queue.Queue()
     stop = threading.Event()
+    failures: list[BunsuiError] = []
+    pause = REMOTE_FOLLOW_SECONDS if is_remote(backend) else FOLLOW_SECONDS
 
     def pump() -> None:
-        for line in backend.logs.follow(session_id, selection.job, stop.is_set, 0.2):
-            output.put(line)
+        try:
+            for line in backend.logs.follow(session_id, selection.job, stop.is_set, 0.2):
+                output.put(line)
+        except BunsuiError as exc:  # reading the jobs' logs failed: say so in the main thread
+            failures.append(exc)
 
     reader = threading.Thread(target=pump, name="bunsui-logs", daemon=True)
     reader.start()
@@ -327,6 +338,9 @@ def _follow(
         if ended:
             stop.set()
             reader.join()  # it reads what was written before it stops
+        if failures:
+            stop.set()
+            raise failures[0]
         found = backend.store.history(session_id, after=seq)
         if found:
             seq = found[-1][0]
@@ -344,7 +358,7 @@ def _follow(
         sys.stdout.flush()
         if ended:
             return
-        time.sleep(FOLLOW_SECONDS)
+        time.sleep(pause)
 
 
 @logs_app.command("filter")
@@ -357,7 +371,7 @@ def filter_logs(
 ) -> None:
     """Print the entries of a session that match: a job, a minimum level, a time window."""
     selection = Selection(job, level, parse_when(since, "--from"), parse_when(until, "--to"))
-    _print(collect(LocalBackend(), session_id, selection))
+    _print(collect(open_backend(), session_id, selection))
 
 
 @logs_app.command("download")
@@ -376,7 +390,7 @@ def download(
 ) -> None:
     """Write a session's entries (history and output, merged) as a JSON array."""
     selection = Selection(job, level, parse_when(since, "--from"), parse_when(until, "--to"))
-    entries = collect(LocalBackend(), session_id, selection)
+    entries = collect(open_backend(), session_id, selection)
     text = as_json(entries) + "\n"
     if str(output) == "-":
         sys.stdout.write(text)

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from bunsui.backends import open_backend
 from bunsui.output import Format, console, emit
 from engine.errors import BunsuiError, Conflict, PipelineNotFound
 from engine.loader import read_pipeline
-from engine.local.backend import LocalBackend
 from engine.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from bunsui.backends import Backend
 
 FileOption = Annotated[
     Path, typer.Option("--file", "-f", help="The pipeline YAML file.", show_default=False)
@@ -57,7 +60,7 @@ class UnknownPipeline(PipelineNotFound):
 
 
 def stored_pipeline(
-    backend: LocalBackend, name: str, version: int | None = None
+    backend: Backend, name: str, version: int | None = None
 ) -> tuple[Pipeline, int]:
     """A stored pipeline version, or an error that suggests the names that come close.
 
@@ -75,7 +78,7 @@ def stored_pipeline(
         raise UnknownPipeline(name, exc.version, close) from None
 
 
-def _exists(backend: LocalBackend, name: str) -> bool:
+def _exists(backend: Backend, name: str) -> bool:
     try:
         backend.store.get_pipeline_version(name)
     except PipelineNotFound:
@@ -83,7 +86,7 @@ def _exists(backend: LocalBackend, name: str) -> bool:
     return True
 
 
-def _latest_version(backend: LocalBackend, name: str) -> int | None:
+def _latest_version(backend: Backend, name: str) -> int | None:
     try:
         return backend.store.get_pipeline_version(name)[0]
     except PipelineNotFound:
@@ -116,7 +119,7 @@ def register(pipeline_app: typer.Typer) -> None:
 
 def create(file: FileOption, fmt: FormatOption = Format.TABLE) -> None:
     """Validate a pipeline file and store it as version 1 of a new pipeline."""
-    backend = LocalBackend()
+    backend = open_backend()
     pipeline = read_pipeline(file)
     if _exists(backend, pipeline.name):
         raise Conflict(
@@ -129,7 +132,7 @@ def create(file: FileOption, fmt: FormatOption = Format.TABLE) -> None:
 
 def update(file: FileOption, fmt: FormatOption = Format.TABLE) -> None:
     """Store a pipeline file as the next version of an existing pipeline."""
-    backend = LocalBackend()
+    backend = open_backend()
     pipeline = read_pipeline(file)
     before = _latest_version(backend, pipeline.name)
     if before is None:
@@ -140,7 +143,7 @@ def update(file: FileOption, fmt: FormatOption = Format.TABLE) -> None:
 
 def list_pipelines(fmt: FormatOption = Format.TABLE) -> None:
     """List the stored pipelines: name, latest version and when it was stored."""
-    rows = LocalBackend().store.list_pipelines()
+    rows = open_backend().store.list_pipelines()
     if fmt is not Format.TABLE:
         emit(
             [{"name": name, "version": version, "created_at": at} for name, version, at in rows],
@@ -175,7 +178,7 @@ def show(
     fmt: FormatOption = Format.TABLE,
 ) -> None:
     """Print a stored pipeline: a summary, then its YAML as stored."""
-    backend = LocalBackend()
+    backend = open_backend()
     pipeline, number = stored_pipeline(backend, name, version)
     _, text = backend.store.get_pipeline_version(name, number)
     latest = _latest_version(backend, name)
@@ -211,7 +214,7 @@ def delete(name: NameArgument, fmt: FormatOption = Format.TABLE) -> None:
 
     Sessions keep the version they pinned: status, logs, retry and resume still work.
     """
-    backend = LocalBackend()
+    backend = open_backend()
     latest = stored_pipeline(backend, name)[1]
     try:
         backend.store.delete_pipeline(name)

@@ -6,6 +6,10 @@ Every other command reads the shared state (``$BUNSUI_HOME``) or leaves a
 request for the driver, so status, logs, cancel and pause work from any
 terminal while a session runs.
 
+On AWS (``bunsui config set backend aws``) the stack drives every session:
+these commands ask its API, and the foreground ones follow the session to
+its end by reading it.
+
 Exit codes of the commands that run a session to its end (``session start``,
 ``run``, ``session retry``, ``session resume``): 0 when it SUCCEEDED, 1 when
 it FAILED or was CANCELLED, 2 for bad input, 130 when interrupted.
@@ -20,15 +24,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from bunsui.arguments import parse_pairs, read_parameters_file
+from bunsui.backends import is_remote, local_only, open_backend
 from bunsui.drawing import draw_dot, draw_mermaid
 from bunsui.driving import (
+    REMOTE_POLL_SECONDS,
     RetryOrder,
     as_json,
     drive,
@@ -49,11 +55,13 @@ from bunsui.progress import (
     state_text,
     styled,
 )
-from engine.errors import BunsuiError, Conflict
-from engine.local.backend import LocalBackend
+from engine.errors import BunsuiError, Conflict, PipelineNotFound
 from engine.local.timers import now_iso
 from engine.parameters import resolve_parameters
 from engine.state import Session, SessionStatus
+
+if TYPE_CHECKING:
+    from bunsui.backends import Backend
 
 session_app = typer.Typer(
     help="Start, watch and steer sessions (runs of stored pipelines).", no_args_is_help=True
@@ -99,6 +107,10 @@ class FileMissing(BunsuiError):
     """A file named by an option does not exist."""
 
 
+class RetryNotApplied(BunsuiError):
+    """The stack accepted a retry but did not apply it in time (on AWS)."""
+
+
 def _check_files(**paths: Path | None) -> None:
     """Files named by options exist (checked before anything is stored or started)."""
     for option, path in paths.items():
@@ -110,13 +122,21 @@ def _check_files(**paths: Path | None) -> None:
 
 
 def _start(
-    backend: LocalBackend,
+    backend: Backend,
     name: str,
     parameters: list[str] | None,
     parameters_file: Path | None,
     template: Path | None,
     local_map: Path | None,
 ) -> Session:
+    if is_remote(backend):
+        # One request: the API checks the pipeline and the parameters itself.
+        values, pairs = read_parameters_file(parameters_file), parse_pairs(parameters or [])
+        try:
+            return backend.create_session(name, values, pairs)
+        except PipelineNotFound:
+            stored_pipeline(backend, name)  # raises, with the names that come close
+            raise
     stored_pipeline(backend, name)
     values = read_parameters_file(parameters_file)
     pairs = parse_pairs(parameters or [])
@@ -139,8 +159,9 @@ def start(
 
     Exit code 0 when the session succeeded, 1 when it failed or was cancelled.
     """
+    backend = open_backend()
+    local_only(backend, template=template, local_map=local_map)
     _check_files(parameters_file=parameters_file, template=template, local_map=local_map)
-    backend = LocalBackend()
     session = _start(backend, pipeline, parameters, parameters_file, template, local_map)
     finish(backend, session.id, detach, fmt)
 
@@ -159,8 +180,9 @@ def run_file(
     Takes the options of session start.
     Exit code 0 when the session succeeded, 1 when it failed or was cancelled.
     """
+    backend = open_backend()
+    local_only(backend, template=template, local_map=local_map)
     _check_files(parameters_file=parameters_file, template=template, local_map=local_map)
-    backend = LocalBackend()
     pipeline, version = backend.save_pipeline(file)
     if fmt is Format.TABLE:
         console().print(f"pipeline '{escape(pipeline.name)}' version {version}", style="dim")
@@ -178,7 +200,11 @@ def drive_command(
     ] = None,
 ) -> None:
     """Drive a session in this process (what --detach starts in the background)."""
-    backend = LocalBackend()
+    backend = open_backend()
+    if is_remote(backend):
+        from bunsui.remote import LocalOnly
+
+        raise LocalOnly("session drive: for the local backend only; on AWS the stack drives.")
     out = console()
     out.print(f"{now_iso()} driving session {session_id} (pid {os.getpid()})")
     order = None
@@ -195,14 +221,16 @@ def drive_command(
 @session_app.command("status")
 def status(session_id: SessionIdOption, fmt: FormatOption = Format.TABLE) -> None:
     """Show a session and its jobs (works while another process drives it)."""
-    backend = LocalBackend()
+    backend = open_backend()
     snap = read_snapshot(backend, session_id)
     if fmt is not Format.TABLE:
         emit(as_json(backend, snap), fmt)
         return
     out = console()
     print_summary(out, snap, started=True)
-    if not snap.session.status.terminal:
+    if not snap.session.status.terminal and is_remote(backend):
+        out.print(f"runs on AWS ({escape(getattr(backend, 'where', ''))}).", style="dim")
+    elif not snap.session.status.terminal:
         pid = backend.driver_pid(session_id)
         if pid is None:
             out.print(
@@ -227,7 +255,7 @@ def list_sessions(
     fmt: FormatOption = Format.TABLE,
 ) -> None:
     """List sessions, newest first."""
-    backend = LocalBackend()
+    backend = open_backend()
     sessions = backend.store.sessions(pipeline, set(status_filter or []) or None, limit)
     if pipeline is not None and not sessions:
         stored_pipeline(backend, pipeline)  # a misspelt name: say so, with close names
@@ -258,7 +286,7 @@ def list_sessions(
     out.print(table)
 
 
-def _list_entry(backend: LocalBackend, session: Session) -> dict[str, Any]:
+def _list_entry(backend: Backend, session: Session) -> dict[str, Any]:
     live = None if session.status.terminal else datetime.now(UTC)
     duration = seconds_between(session.created_at, session.ended_at, live)
     return {
@@ -272,7 +300,9 @@ def _list_entry(backend: LocalBackend, session: Session) -> dict[str, Any]:
         "jobs_total": session.total,
         "jobs_finished": session.finished,
         "jobs_failed": session.failed,
-        "driven": (not session.status.terminal and backend.driver_pid(session.id) is not None),
+        # On AWS the stack drives every session that has not ended.
+        "driven": not session.status.terminal
+        and (is_remote(backend) or backend.driver_pid(session.id) is not None),
     }
 
 
@@ -280,14 +310,15 @@ def _list_entry(backend: LocalBackend, session: Session) -> dict[str, Any]:
 
 
 def _wait_for(
-    backend: LocalBackend, session_id: str, done: Callable[[Session], bool], seconds: float
+    backend: Backend, session_id: str, done: Callable[[Session], bool], seconds: float
 ) -> Session:
+    remote = is_remote(backend)
     deadline = time.monotonic() + seconds
     session = backend.store.get_session(session_id)
     while not done(session) and time.monotonic() < deadline:
-        if backend.driver_pid(session_id) is None:
+        if not remote and backend.driver_pid(session_id) is None:
             break  # the driver ended (or died) before it applied the request
-        time.sleep(0.1)
+        time.sleep(REMOTE_POLL_SECONDS if remote else 0.1)
         session = backend.store.get_session(session_id)
     return session
 
@@ -303,7 +334,7 @@ def cancel(
     ] = True,
 ) -> None:
     """Cancel a session: stop its running jobs and skip the rest."""
-    backend = LocalBackend()
+    backend = open_backend()
     how = backend.request(session_id, "cancel", reason)
     session = backend.store.get_session(session_id)
     if how == "sent" and wait:
@@ -311,6 +342,8 @@ def cancel(
     out = console()
     if session.status.terminal:
         out.print(f"session {session_id} is {session.status.value}.")
+    elif is_remote(backend):
+        out.print(f"cancel sent to session {session_id} on AWS; it is {session.status.value}.")
     else:
         out.print(f"cancel sent to the driver of session {session_id}.")
 
@@ -318,7 +351,7 @@ def cancel(
 @session_app.command("pause")
 def pause(session_id: SessionIdOption) -> None:
     """Pause a session: running jobs finish, no new job starts until resume."""
-    backend = LocalBackend()
+    backend = open_backend()
     how = backend.request(session_id, "pause")
     session = backend.store.get_session(session_id)
     if how == "sent":
@@ -345,7 +378,7 @@ def resume(
     A job that was running when the driver stopped counts as a failed attempt
     (and runs again if it has retries left). Exit codes as for session start.
     """
-    backend = LocalBackend()
+    backend = open_backend()
     session = backend.store.get_session(session_id)
     if session.status.terminal:
         again = (
@@ -354,6 +387,13 @@ def resume(
             else "."
         )
         raise Conflict(f"session '{session_id}' has ended ({session.status.value}){again}")
+    if is_remote(backend):
+        if session.status is SessionStatus.RUNNING:
+            console().print(f"session {session_id} is running on AWS.")
+            return
+        backend.request(session_id, "resume")
+        finish(backend, session_id, detach, fmt)
+        return
     pid = backend.driver_pid(session_id)
     if pid is not None and session.status is SessionStatus.RUNNING:
         console().print(f"session {session_id} is running, driven by process {pid}.")
@@ -388,7 +428,7 @@ def retry(
     The jobs that succeeded keep their outputs and do not run again. --parameters
     changes parameter values for the jobs that run again. Exit codes as for session start.
     """
-    backend = LocalBackend()
+    backend = open_backend()
     _check_files(parameters_file=parameters_file)
     session = backend.store.get_session(session_id)
     if session.status not in (SessionStatus.FAILED, SessionStatus.CANCELLED):
@@ -396,12 +436,40 @@ def retry(
             f"session '{session_id}' is {session.status.value}; only a failed or cancelled "
             "session can be retried."
         )
+    if is_remote(backend):
+        _retry_remote(backend, session, parameters, parameters_file)
+        finish(backend, session_id, detach, fmt)
+        return
     values: dict[str, Any] | None = None
     if parameters or parameters_file:
         pipeline = backend.pipeline(session.pipeline, session.version)[0]
         given = {**session.parameters, **read_parameters_file(parameters_file)}
         values = resolve_parameters(pipeline.parameters, given, parse_pairs(parameters or []))
     finish(backend, session_id, detach, fmt, retry=RetryOrder(values))
+
+
+def _retry_remote(
+    backend: Backend,
+    session: Session,
+    parameters: list[str] | None,
+    parameters_file: Path | None,
+) -> None:
+    """Ask the stack to retry the session; return once it has (the session runs again),
+    so following it does not stop at its old end."""
+    values = read_parameters_file(parameters_file) if parameters_file else None
+    backend.retry(session.id, values, parse_pairs(parameters or []))
+    now = _wait_for(
+        backend,
+        session.id,
+        lambda s: not s.status.terminal or s.ended_at != session.ended_at,
+        REQUEST_WAIT_SECONDS,
+    )
+    if now.status.terminal and now.ended_at == session.ended_at:
+        raise RetryNotApplied(
+            f"the stack has not retried session '{session.id}' within "
+            f"{REQUEST_WAIT_SECONDS:g}s: see its reducer's logs and dead-letter queue, and "
+            f"bunsui session status --session-id {session.id}"
+        )
 
 
 # ---------------------------------------------------------------------- graph
@@ -415,7 +483,7 @@ def graph(
     ] = GraphFormat.TEXT,
 ) -> None:
     """Draw the session's job graph, each job coloured by its status."""
-    backend = LocalBackend()
+    backend = open_backend()
     snap = read_snapshot(backend, session_id)
     if fmt is GraphFormat.TEXT:
         console().print(state_text(snap))

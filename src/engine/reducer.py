@@ -405,6 +405,7 @@ class Reducer(Recovery):
             "inputs": shown,
             "updated_at": call.now,
             "error": None,
+            "handle": None,  # the last attempt's work is not this one's
         }
         if run.started_at is None:
             changes["started_at"] = call.now

@@ -586,3 +586,34 @@ jobs:
     assert h.store.get_run(h.session_id, "b").status is JobStatus.UPSTREAM_FAILED
     assert h.session_status() is SessionStatus.FAILED
     assert h.world.orders == []
+
+
+def test_a_completion_records_its_handle_and_the_next_attempt_starts_without_it(monkeypatch):
+    from engine.events import AttemptFinished
+    from engine.ports import Dispatch
+    from tests.integration import engine_harness
+
+    # As on AWS: the dispatcher returns no handle, the completion event names the work.
+    monkeypatch.setattr(
+        engine_harness.Recorder, "dispatch", lambda self, order: self.orders.append(order)
+    )
+
+    text = """
+version: "1.1"
+name: h
+jobs:
+  - {id: a, type: lambda, retries: 1, retry_delay: 5, parameters: {function_name: f}}
+"""
+    h = Harness(text)
+    assert h.run("a").handle is None
+    h.reducer.handle(AttemptFinished(h.session_id, "a", 1, h.tick(), error="boom", handle="req-1"))
+    assert h.run("a").status is JobStatus.RETRYING
+    assert h.run("a").handle == "req-1"
+    h.tick(10)
+    h.fire_timers()
+    assert h.run("a").attempt == 2
+    assert h.run("a").handle is None  # attempt 1's request id is not attempt 2's
+    h.reducer.handle(AttemptFinished(h.session_id, "a", 2, h.tick(), {"ok": True}, handle="req-2"))
+    assert h.run("a").status is JobStatus.SUCCEEDED
+    assert h.run("a").handle == "req-2"
+    assert all(isinstance(o, Dispatch) for o in h.world.orders)

@@ -1,0 +1,1 @@
+"""Test support for Bunsui on AWS: a local API Gateway, the flow harness."""
