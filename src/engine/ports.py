@@ -72,6 +72,11 @@ class Store(Protocol):
     def put_run(self, run: JobRun) -> bool:
         """Write a run if no run has its key yet; whether it was written."""
 
+    def put_new_runs(self, runs: Sequence[JobRun]) -> None:
+        """Write the first runs of a session just created (its root jobs), in as few
+        requests as the store allows. Unconditional: only for keys no one else writes
+        yet (a new session's runs exist before any event of it is handled)."""
+
     def get_run(self, session_id: str, key: str) -> JobRun | None: ...
 
     def transition(

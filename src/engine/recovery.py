@@ -141,10 +141,14 @@ class Recovery:
         self._count_lost_edges(call, runs, done)
         self._expand_lost_items(call, runs, grace_seconds, done)
         self._restart_overdue(call, runs, grace_seconds, done)
+        started_long_ago = _seconds(session.created_at, now) > grace_seconds
         for run in self.store.runs(session_id, {JobStatus.WAITING}):
-            if run.index is None and run.done >= run.expected:
+            # A root waits from the session's creation for Session Started: left alone
+            # within the grace, as a never-started session's roots are.
+            root = not call.pipeline.graph.parents(run.job_id)
+            if run.index is None and run.done >= run.expected and (started_long_ago or not root):
                 call.ready.append(run.job_id)
-        if _seconds(session.created_at, now) > grace_seconds:
+        if started_long_ago:
             known = {run.key for run in runs}
             call.ready.extend(j for j in call.pipeline.graph.roots() if j not in known)
         while call.ready:

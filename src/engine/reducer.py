@@ -140,6 +140,11 @@ class Reducer(Recovery):
             created_at=now,
         )
         self.store.create_session(session)
+        # The root jobs' runs, in one batch: a child's run is made by its first parent's
+        # edge count, so no job costs a write of its own to come into being.
+        self.store.put_new_runs(
+            [JobRun(session_id, job_id, job_id) for job_id in pipeline.graph.roots()]
+        )
         self._history(session_id, now, "session_started", detail={"version": version})
         if pipeline.timeout:
             due = later(now, pipeline.timeout)

@@ -328,6 +328,15 @@ def test_put_run_races_once(store):
         assert store.get_run(session.id, key).handle == str(results.index(True))
 
 
+def test_put_new_runs_writes_a_new_sessions_roots_at_once(store):
+    session = new_session(store)
+    roots = [JobRun(session.id, f"root{i:02d}", f"root{i:02d}") for i in range(30)]
+    store.put_new_runs(roots)  # more than one batch of 25 on DynamoDB
+    assert store.runs(session.id) == roots
+    assert store.get_run(session.id, "root07") == roots[7]
+    store.put_new_runs([])
+
+
 def test_a_missing_run_is_none(store):
     session = new_session(store)
     assert store.get_run(session.id, "nope") is None

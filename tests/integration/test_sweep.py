@@ -260,9 +260,11 @@ def test_an_attempt_whose_timeout_timer_was_lost_times_out():
 
 
 def test_a_session_never_started_is_started_once_the_grace_period_passed():
-    world = World(crash_at=2)  # died after writing the session, before starting it
+    world = World(crash_at=2)  # died after writing the session and its root, before starting it
     assert world.start()
-    assert world.store.inner.runs(SID) == []
+    assert [(r.key, r.status, r.attempt) for r in world.store.inner.runs(SID)] == [
+        ("a", JobStatus.WAITING, 0)
+    ]
     world.sweep(after=10)
     assert world.sweeps[-1] == []
     world.sweep(after=GRACE)

@@ -426,6 +426,12 @@ class DynamoStore:
                 raise _size_error(run.output is not None) from exc
             raise
 
+    def put_new_runs(self, runs: Sequence[JobRun]) -> None:
+        """Write a new session's first runs: BatchWriteItem, 25 a request (a batch cannot
+        be conditional; the session is new, so no one else writes these keys yet)."""
+        puts = [{"PutRequest": {"Item": k.run_item(run)}} for run in runs]
+        k.batch_write(self.client, self.table, puts)
+
     def get_run(self, session_id: str, key: str) -> JobRun | None:
         """The run with this key (its counted edges included), or None."""
         item = self._get(k.session_pk(session_id), k.run_sk(key))

@@ -45,7 +45,7 @@ from engine.local.timers import LocalTimers, now_iso
 from engine.parameters import resolve_parameters
 from engine.pipeline import Pipeline
 from engine.reducer import Reducer, later
-from engine.state import JobRun, Session, SessionStatus
+from engine.state import JobRun, JobStatus, Session, SessionStatus
 
 LOST = "the local driver stopped while this attempt ran"
 POLL_SECONDS = 0.2
@@ -222,7 +222,7 @@ class LocalBackend:
                 timers.schedule(SessionTimedOut(session_id, due), due)
             if retry:
                 reducer.retry(session_id, now_iso(), parameters)
-            elif self.store.runs(session_id, limit=1):
+            elif _started(self.store.runs(session_id)):
                 reducer.repair(session_id, now_iso(), LOST)
             else:
                 reducer.handle(SessionStarted(session_id, now_iso()))
@@ -311,6 +311,11 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 path.unlink()
         return found
+
+
+def _started(runs: list[JobRun]) -> bool:
+    """Whether a session's runs show it was driven before (a new one has its roots waiting)."""
+    return any(run.attempt or run.status is not JobStatus.WAITING for run in runs)
 
 
 def _zombie(pid: int) -> bool:

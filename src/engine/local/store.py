@@ -511,6 +511,16 @@ class SqliteStore(PipelineVersions):
                 return True
             return False
 
+    def put_new_runs(self, runs: Sequence[JobRun]) -> None:
+        """Write a new session's first runs in one transaction."""
+        if not runs:
+            return
+        with _known_session(runs[0].session_id), self._write() as conn:
+            conn.executemany(
+                _insert("runs", _RUN_COLUMNS, "INSERT OR IGNORE"),
+                [_values(run, _RUN_COLUMNS) for run in runs],
+            )
+
     @staticmethod
     def _put_edges(
         conn: sqlite3.Connection, session_id: str, key: str, edges: Mapping[str, Outcome]

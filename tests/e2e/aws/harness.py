@@ -502,8 +502,14 @@ class AwsHarness:
         shard = table.stream_shard
         if shard is None:
             return []
-        fresh = shard.items[consumer.position :]
+        start = consumer.position
+        fresh = shard.items[start:]
         consumer.position += len(fresh)
+        # moto keeps every record with both images for ever (a 10,000-item session's would
+        # fill the memory); read ones are dropped in place, so positions and sequence
+        # numbers stay as they are (one consumer reads a table's stream here).
+        for index in range(start, start + len(fresh)):
+            shard.items[index] = None
         source = f"{table.table_arn}/stream/{table.latest_stream_label}"
         records = []
         for item in fresh:
