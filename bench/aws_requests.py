@@ -1,7 +1,8 @@
 """AWS requests per job: Bunsui's stack on a moto server, no-op Lambda jobs, every request counted.
 
-Run: .venv/bin/python bench/aws_requests.py [--quick] [--sizes 10,1000,10000]
-Prints a Markdown table for docs/benchmarks.md.
+Run: .venv/bin/python bench/aws_requests.py [--quick] [--sizes 10,1000,10000] [--json FILE]
+Prints a Markdown table for docs/benchmarks.md; ``--json`` also writes every shape's counts
+(each actor's requests and items by service and operation), which bench/aws_cost.py prices.
 
 Each pipeline runs through the flow test's harness (tests/e2e/aws/harness.py):
 the API starts the session, the reducer gets every event through the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 import time
 from collections import Counter
@@ -185,10 +187,35 @@ def row(shape: Shape, measured: Measured) -> tuple[str, bool]:
     return "| " + " | ".join(cells) + " |", ok
 
 
+def record(shape: Shape, measured: Measured) -> dict[str, Any]:
+    """A shape's counts as JSON: what :func:`row` reads, and every request."""
+    used = measured.used
+    return {
+        "label": shape.label,
+        "runs": shape.runs,
+        "edges": shape.edges,
+        "outcome": measured.outcome,
+        "seconds": round(measured.seconds, 3),
+        "delivered": measured.delivered,
+        "write_units": dict(measured.units),
+        "requests": [
+            {
+                "actor": a,
+                "service": s,
+                "operation": o,
+                "requests": n,
+                "items": used.items[(a, s, o)],
+            }
+            for (a, s, o), n in sorted(used.requests.items())
+        ],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10 and 1,000 only")
     parser.add_argument("--sizes", default="10,1000,10000", help="fan-out sizes")
+    parser.add_argument("--json", type=Path, help="also write every shape's counts here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
@@ -201,6 +228,7 @@ def main() -> int:
     print(HEADER)
     print("|" + " --- |" * 1 + " ---: |" * 16 + " --- |")
     failed = False
+    records = []
     with AwsHarness([JobCode(JOBS)]) as harness:
         for shape in shapes:
             with contextlib.redirect_stdout(io.StringIO()):  # the handlers' metric lines
@@ -208,6 +236,9 @@ def main() -> int:
             line, ok = row(shape, measured)
             failed |= not ok
             print(line, flush=True)
+            records.append(record(shape, measured))
+            if args.json:  # after each shape: a long run's file holds what it measured so far
+                args.json.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     return 1 if failed else 0
 
 

@@ -167,6 +167,8 @@ def _check_rules(report: Report, at: YamlPath, param: Parameter) -> None:
     if param.has_default and param.default is not None:
         try:
             check_value(param, param.default)
+        except PatternInvalid:
+            pass  # the pattern itself is reported where it is checked
         except ParameterInvalid as exc:
             report.add(
                 (*at, "default"),

@@ -7,12 +7,33 @@ the API turns them into 4xx answers with the same text.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def plain(text: str) -> str:
+    """``text`` with what would break it out of one plain line escaped: control characters
+    (line breaks, terminal escapes), line and paragraph separators, and bidirectional
+    controls (which reorder what a terminal shows). Messages quote what users sent, and
+    a terminal or a log line prints them as they are."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+        else char
+        for char in text
+    )
+
 
 class BunsuiError(Exception):
-    """Root of every error Bunsui raises on purpose."""
+    """Root of every error Bunsui raises on purpose; its message is one plain line."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(plain(a) if isinstance(a, str) else a for a in args))
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,11 @@ class Problem:
     hint: str = ""
     line: int | None = None
     column: int | None = None
+
+    def __post_init__(self) -> None:
+        # Paths and messages quote keys and values from the document.
+        for name in ("path", "message", "hint"):
+            object.__setattr__(self, name, plain(getattr(self, name)))
 
     def render(self, source: str | None = None) -> str:
         """One line: ``file:line:col: path: message. Fix: hint``."""
@@ -65,7 +91,8 @@ class PipelineInvalid(BunsuiError):
     def __init__(self, problems: Sequence[Problem], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
-        super().__init__("\n".join(p.render(source) for p in self.problems))
+        # One line per problem: each rendered line is plain, the line breaks are ours.
+        Exception.__init__(self, "\n".join(p.render(source) for p in self.problems))
 
     def lines(self) -> list[str]:
         return [p.render(self.source) for p in self.problems]
@@ -76,8 +103,8 @@ class ParameterInvalid(BunsuiError):
 
     def __init__(self, name: str, message: str, hint: str = "") -> None:
         self.name = name
-        self.message = message
-        self.hint = hint
+        self.message = message = plain(message)
+        self.hint = hint = plain(hint)
         text = f"parameter '{name}': {message}"
         if hint:
             text += f" Fix: {hint}"
@@ -94,7 +121,7 @@ class ExpressionError(BunsuiError):
     """
 
     def __init__(self, message: str, expression: str = "", position: int | None = None) -> None:
-        self.message = message
+        self.message = message = plain(message)
         self.expression = expression
         self.position = position
         text = message

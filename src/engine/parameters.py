@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 from pydantic_core import SchemaError
 
-from engine.errors import ParameterInvalid
+from engine.errors import ParameterInvalid, plain
 from engine.pipeline import Parameter, ParameterType
 from engine.validation import kind_of
 
@@ -80,6 +80,7 @@ def shown(param: Parameter, value: Any) -> str:
     if param.secret:
         return REDACTED
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    text = plain(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -165,6 +165,16 @@ class Dispatcher(Protocol):
         ``inputs`` it was dispatched with (cluster, state machine, queue...).
         """
 
+    def started(self, run: JobRun, job_type: str) -> bool | None:
+        """Whether the service has any trace of the run's current attempt's work, in any
+        state: True or False where a lookup can tell, None where it cannot (an
+        asynchronous Lambda invocation leaves nothing to look up).
+
+        The sweeper asks this of an attempt that has been running without a result
+        for a long time, to tell work whose start was lost (a reducer died between
+        claiming the attempt and starting it) from work that is still running.
+        """
+
 
 class Secrets(Protocol):
     """Where the values of ``secret: true`` parameters live, out of the store.

@@ -12,14 +12,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from engine.errors import Conflict, ExpressionError
+from engine.errors import Conflict, DispatchFailed, ExpressionError
 from engine.events import AttemptFinished, AttemptTimedOut
-from engine.inputs import fan_out_items
+from engine.inputs import fan_out_items, job_inputs
 from engine.scope import Context, RunScope
 from engine.semantics import retry_delay
 from engine.state import TERMINAL_JOB, JobRun, JobStatus, Outcome, Session, SessionStatus, run_key
 
 SWEPT_CANCEL = "cancelled; its cancel was interrupted and the sweeper finished it"
+
+LOST_AFTER_SECONDS = 6 * 3600 + 15 * 60
+"""How long an attempt whose service cannot be asked (an asynchronous Lambda invocation)
+may go without a result before it counts as lost: Lambda keeps an invocation queued for
+up to six hours and runs it for up to fifteen minutes."""
 
 
 def _seconds(since: str | None, now: str) -> float:
@@ -266,16 +271,63 @@ class Recovery:
                 delay = retry_delay(job, run.attempt - run.base_attempt, 1.0) or 0.0
                 if age > delay + grace and self._start(call, run):
                     done.append(f"started the overdue retry of {run.key}")
-            elif (
-                run.status is JobStatus.RUNNING
-                and job.timeout
-                and not (run.index is None and job.fan_out is not None)
-                and age > job.timeout + grace
+            elif run.status is not JobStatus.RUNNING or (
+                run.index is None and job.fan_out is not None
             ):
+                continue
+            elif job.timeout and age > job.timeout + grace:
                 self._timed_out(
                     call, AttemptTimedOut(call.session.id, run.key, run.attempt, call.now)
                 )
                 done.append(f"timed out {run.key} (its timer was lost)")
+            elif run.handle is None and age > grace:
+                self._look_for_lost_start(call, run, age, grace, done)
+
+    def _look_for_lost_start(
+        self, call: Context, run: JobRun, age: float, grace: float, done: list[str]
+    ) -> None:
+        """An attempt running without a result: if its service has no trace of its work,
+        the reducer that claimed it died before starting it, so start it now, with the
+        same order (and so the same idempotency token). Where the service cannot tell,
+        an attempt with no timeout fails once no result can come any more."""
+        job = call.pipeline.job(run.job_id)
+        started = self.dispatcher.started(run, str(job.type))
+        if started is None:
+            if not job.timeout and age > LOST_AFTER_SECONDS + grace:
+                hours = LOST_AFTER_SECONDS / 3600
+                self._attempt_failed(
+                    call, run, f"no result after {hours:g} hours: its start or its result was lost"
+                )
+                done.append(f"failed {run.key}: no result after {hours:g} hours")
+            return
+        if not started:
+            done.append(self._start_again(call, run))
+
+    def _start_again(self, call: Context, run: JobRun) -> str:
+        """Start a claimed attempt whose start was lost, with the order it was claimed for
+        (the same dispatch id: the services that take an idempotency token start it once);
+        what was done, in a line."""
+        job = call.pipeline.job(run.job_id)
+        try:
+            inputs = job_inputs(job, RunScope(self.store, call, job, run))
+            handle = self.dispatcher.dispatch(self._order(call, run, run.attempt, inputs))
+        except (ExpressionError, DispatchFailed) as exc:
+            self._attempt_failed(call, run, str(exc))
+            return f"failed {run.key}: {exc}"
+        if handle is not None:
+            self.store.transition(
+                call.session.id, run.key, {JobStatus.RUNNING}, {"handle": handle}, run.attempt
+            )
+        self._history(
+            call.session.id,
+            call.now,
+            "job_dispatched",
+            run.key,
+            run.attempt,
+            {"again": "its first start was lost"},
+        )
+        self._arm_timeout(call, run, run.attempt)
+        return f"started {run.key} again (its start was lost)"
 
     def _drain_queues(self, call: Context, quiet: bool, done: list[str]) -> None:
         """Start queued runs whose limits have room; a quiet session's leaked slots go back.

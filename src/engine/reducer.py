@@ -164,11 +164,15 @@ class Reducer(Recovery):
         self.handle(SessionStarted(session_id, now))
         return self.store.get_session(session_id)
 
-    def handle(self, event: Event) -> None:
-        """Apply one event; safe to call twice with the same event, or out of order."""
+    def handle(self, event: Event) -> bool:
+        """Apply one event; safe to call twice with the same event, or out of order.
+
+        Returns:
+            False when the session had ended already (the event changed nothing).
+        """
         session = self.store.get_session(event.session_id)
         if session.status.terminal:
-            return  # a late event of a finished session changes nothing
+            return False  # a late event of a finished session changes nothing
         call = Context(
             session,
             self.pipelines(session.pipeline, session.version),
@@ -199,6 +203,7 @@ class Reducer(Recovery):
             self._resume(call)
         while call.ready:
             self._decide(call, call.ready.popleft())
+        return True
 
     # ------------------------------------------------------------------ deciding
 
@@ -376,14 +381,23 @@ class Reducer(Recovery):
         limits = self._limits(call, run)
         for scope, _ in limits:
             self.store.release_slot(call.session.id, scope)
-        # Each freed slot goes to a queued run of its scope, in key order. A queued run
-        # may still be held by its other limit (a fan-out's), so look a little further.
-        for scope, _ in limits:
-            for queued in self.store.runs(
-                call.session.id, {JobStatus.QUEUED}, job_id=scope, limit=_DRAIN_LOOKAHEAD
-            ):
-                if self._start(call, queued):
-                    break
+        call.freed.extend(scope for scope, _ in limits)
+        if call.draining:
+            return  # the loop below, up the stack, hands this slot on
+        call.draining = True
+        try:
+            # Each freed slot goes to a queued run of its scope, in key order. A queued
+            # run may still be held by its other limit (a fan-out's), so look a little
+            # further.
+            while call.freed:
+                scope = call.freed.popleft()
+                for queued in self.store.runs(
+                    call.session.id, {JobStatus.QUEUED}, job_id=scope, limit=_DRAIN_LOOKAHEAD
+                ):
+                    if self._start(call, queued):
+                        break
+        finally:
+            call.draining = False
 
     def _claim(self, call: Context, run: JobRun) -> bool:
         job = call.pipeline.job(run.job_id)
@@ -400,8 +414,8 @@ class Reducer(Recovery):
                 else inputs
             )
         except ExpressionError as exc:
-            self._release(call, run)
             self._end(call, run, JobStatus.FAILED, error=str(exc))
+            self._release(call, run)  # after the end: the run is no longer queued
             return False
         attempt = run.attempt + 1
         changes: dict[str, Any] = {
@@ -419,17 +433,38 @@ class Reducer(Recovery):
                 call.session.id, run.key, {run.status}, changes, attempt=run.attempt
             )
         except InputTooLarge as exc:  # the store cannot keep inputs this large
-            self._release(call, run)
             self._end(call, run, JobStatus.FAILED, error=str(exc))
+            self._release(call, run)
             return False
         if claimed is None:
             self._release(call, run)  # another reducer claimed this attempt
             return False
         self._history(call.session.id, call.now, "job_dispatched", run.key, attempt)
-        if job.timeout:
-            due = later(call.now, job.timeout)
+        self._arm_timeout(call, run, attempt)
+        try:
+            handle = self.dispatcher.dispatch(self._order(call, run, attempt, inputs))
+        except DispatchFailed as exc:
+            self._attempt_failed(call, claimed, str(exc))
+            return True
+        if handle is not None:
+            self.store.transition(
+                call.session.id, run.key, {JobStatus.RUNNING}, {"handle": handle}, attempt=attempt
+            )
+        return True
+
+    def _arm_timeout(self, call: Context, run: JobRun, attempt: int) -> None:
+        """The attempt's timeout, if its job has one, from now."""
+        timeout = call.pipeline.job(run.job_id).timeout
+        if timeout:
+            due = later(call.now, timeout)
             self.timers.schedule(AttemptTimedOut(call.session.id, run.key, attempt, due), due)
-        order = Dispatch(
+
+    @staticmethod
+    def _order(call: Context, run: JobRun, attempt: int, inputs: Any) -> Dispatch:
+        """What the dispatcher starts for an attempt; the same order every time it is
+        built for that attempt (its dispatch id is the services' idempotency token)."""
+        job = call.pipeline.job(run.job_id)
+        return Dispatch(
             call.session.id,
             run.key,
             run.job_id,
@@ -439,16 +474,6 @@ class Reducer(Recovery):
             job.timeout,
             f"{call.session.id}/{run.key}/{attempt}",
         )
-        try:
-            handle = self.dispatcher.dispatch(order)
-        except DispatchFailed as exc:
-            self._attempt_failed(call, claimed, str(exc))
-            return True
-        if handle is not None:
-            self.store.transition(
-                call.session.id, run.key, {JobStatus.RUNNING}, {"handle": handle}, attempt=attempt
-            )
-        return True
 
     # ------------------------------------------------------------------ results
 
@@ -474,7 +499,13 @@ class Reducer(Recovery):
         run = self.store.get_run(call.session.id, event.key)
         if run is None or run.status is not JobStatus.RUNNING or run.attempt != event.attempt:
             return
-        self.dispatcher.stop(run, str(call.pipeline.job(run.job_id).type))
+        job_type = str(call.pipeline.job(run.job_id).type)
+        if run.handle is None and self.dispatcher.started(run, job_type) is False:
+            # Its start was lost (a reducer died between the claim and the start): the
+            # attempt never ran, so it starts now, with a new timeout, instead of failing.
+            self._start_again(call, run)
+            return
+        self.dispatcher.stop(run, job_type)
         timeout = call.pipeline.job(run.job_id).timeout or 0
         self._attempt_failed(call, run, f"timed out after {timeout:g}s")
 

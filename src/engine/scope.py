@@ -30,6 +30,12 @@ class Context:
     now: str
     ready: deque[str] = field(default_factory=deque)
     """Job ids whose parents are all done, to decide (a queue, not recursion)."""
+    freed: deque[str | None] = field(default_factory=deque)
+    """Scopes of slots given back, each to hand to a queued run (a queue, not recursion:
+    a start that fails gives its slot back at once, and a long queue of them would
+    otherwise recurse as deep as the queue)."""
+    draining: bool = False
+    """Whether a handling up the stack is already handing freed slots on."""
     secrets: Secrets | None = None
     _secret_values: Mapping[str, Any] | None = None
 

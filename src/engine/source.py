@@ -169,13 +169,30 @@ def parse_document(text: str | bytes, name: str = "<pipeline>") -> Document:
             mark.column + 1 if mark else None,
         )
         raise PipelineInvalid([problem], name) from None
+    except yaml.reader.ReaderError as exc:
+        line, column = _line_column(text, exc.position)
+        problem = Problem(
+            "",
+            f"the file holds a character YAML does not allow: U+{exc.character:04X}.",
+            "remove it, or write it as an escape (\\uXXXX) inside a double-quoted string.",
+            line,
+            column,
+        )
+        raise PipelineInvalid([problem], name) from None
     except yaml.YAMLError as exc:
-        raise PipelineInvalid([Problem("", f"YAML syntax error: {exc}.")], name) from None
+        message = " ".join(str(exc).split())
+        raise PipelineInvalid([Problem("", f"YAML syntax error: {message}.")], name) from None
     except _Abort as abort:
         raise PipelineInvalid([abort.problem], name) from None
     if builder.problems:
         raise PipelineInvalid(builder.problems, name)
     return Document(data, builder.source_map, name)
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """The 1-based line and column of a character offset."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
 def _too_large(size: int) -> Problem:

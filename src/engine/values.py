@@ -205,6 +205,9 @@ def _sum(items: Any) -> Any:
 
 def _round(value: Any, digits: Any = None) -> Any:
     _need(value, int | float, "a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        # A job's output read with json.loads may hold NaN or Infinity.
+        raise Fail(f"cannot round {value!r}: not a finite number")
     if digits is None:
         return _checked(round(value))
     if not _is_int(digits) or abs(digits) > 30:
@@ -230,6 +233,8 @@ def _convert(kind: type, value: Any) -> Any:
         return _checked(kind(value))
     except OverflowError:
         raise Fail("number is out of range") from None
+    except ValueError:  # int(nan)
+        raise Fail(f"cannot turn {value!r} into an integer: not a finite number") from None
 
 
 def _reject(name: str) -> Any:

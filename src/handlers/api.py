@@ -13,6 +13,7 @@ committed ``docs/openapi.json``).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -34,6 +35,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
+# The pipeline language and the reducer load here, in the init phase: this function's first
+# event runs them (engine.aws.service imports them where it uses them, for the history
+# projector's sake, which never does).
+from engine import loader, reducer  # noqa: F401
 from engine.aws.bus import EventNotPut
 from engine.aws.dispatch import Throttled, error_line, is_throttling
 from engine.aws.schedules import Schedule, ScheduleNotFound
@@ -45,6 +50,7 @@ from engine.errors import (
     PipelineInvalid,
     PipelineNotFound,
     SessionNotFound,
+    plain,
 )
 from engine.records import entry_to_dict, run_to_dict, session_to_dict
 from engine.state import JobStatus, SessionStatus
@@ -99,9 +105,16 @@ def engine() -> AwsEngine:
 
 
 def _error(status: int, kind: str, message: str, problems: list[dict[str, Any]] | None = None):
-    error: dict[str, Any] = {"type": kind, "message": message}
+    # Each line plain (an invalid pipeline's message is one line per problem, as the CLI's).
+    error: dict[str, Any] = {
+        "type": kind,
+        "message": "\n".join(plain(line) for line in message.split("\n")),
+    }
     if problems is not None:
-        error["problems"] = problems
+        error["problems"] = [
+            {k: plain(v) if isinstance(v, str) else v for k, v in problem.items()}
+            for problem in problems
+        ]
     return Response(
         status_code=status, content_type=content_types.APPLICATION_JSON, body={"error": error}
     )
@@ -165,7 +178,7 @@ def _invalid_request(exc: RequestValidationError) -> Response:
             message = f"the body is not JSON: {reason}"
         else:
             message = str(error.get("msg", "invalid"))
-        problems.append({"path": where, "message": message})
+        problems.append({"path": plain(where), "message": plain(message)})
     text = "; ".join(f"{p['path']}: {p['message']}" for p in problems[:5])
     return _error(400, "RequestInvalid", f"invalid request: {text}", problems)
 
@@ -178,7 +191,7 @@ def _unsupported(exc: RequestUnsupportedContentType) -> Response:
 @app.not_found
 def _no_route(exc: NotFoundError) -> Response:
     event = app.current_event
-    return _error(404, "NotFound", f"no route {event.http_method} {event.path}.")
+    return _error(404, "NotFound", plain(f"no route {event.http_method} {event.path}."))
 
 
 T = TypeVar("T")
@@ -288,7 +301,7 @@ def start_session(body: Annotated[SessionStart, Body()]) -> SessionReply:
 
 @app.get("/sessions", summary="Sessions, newest first", responses=_ok(200, "The sessions."))
 def list_sessions(
-    pipeline: Annotated[str | None, Query(max_length=256)] = None,
+    pipeline: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     status: Annotated[str | None, Query(max_length=200, description="e.g. running,paused")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SessionList:
@@ -459,10 +472,42 @@ def delete_schedule(name: str) -> None:
 @logger.inject_lambda_context(log_event=False, clear_state=True)  # bodies may hold secrets
 @tracer.capture_lambda_handler(capture_response=False)  # responses may be large
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    refused = _unreadable_body(event)
+    if refused is not None:
+        return refused
     try:
         return app.resolve(event, context)
     finally:
         flush(metrics)
+
+
+def _unreadable_body(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A 400 for a body no route can read: bytes that are not UTF-8, or JSON that is not
+    an object (the resolver would fail on the first, and take a list for its first item)."""
+    body = event.get("body") if isinstance(event, dict) else None
+    if not body:
+        return None
+    try:
+        text = base64.b64decode(body).decode("utf-8") if event.get("isBase64Encoded") else body
+    except (ValueError, UnicodeDecodeError):
+        return _refusal("the body is not UTF-8 text.")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None  # answered by the route's own validation: "the body is not JSON"
+    if not isinstance(document, dict):
+        return _refusal("the body must be a JSON object.")
+    return None
+
+
+def _refusal(message: str) -> dict[str, Any]:
+    """The 400 ``RequestInvalid`` answer, as API Gateway takes it from the function."""
+    return {
+        "statusCode": 400,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps({"error": {"type": "RequestInvalid", "message": message}}),
+        "isBase64Encoded": False,
+    }
 
 
 def flush(recorded: Metrics) -> None:
@@ -485,7 +530,10 @@ def openapi() -> dict[str, Any]:
     )
     for path in document.get("paths", {}).values():
         for operation in path.values():
-            operation.get("responses", {}).pop("422", None)
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            if "204" in responses:
+                responses["204"].pop("content", None)  # no body, no content type
     schemas = document.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)

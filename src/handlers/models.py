@@ -34,14 +34,22 @@ ParameterText = Annotated[
 ]
 
 
-class Request(BaseModel):
+class Model(BaseModel):
+    """Base of every model here. Each builds its validator on first use (``defer_build``):
+    the start and sweeper functions read one model of this module each, and building the
+    API's at their import is a cold-start cost they never repay."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Request(Model):
     model_config = ConfigDict(extra="forbid")
 
 
 # ---------------------------------------------------------------------- errors
 
 
-class Problem(BaseModel):
+class Problem(Model):
     """One located problem (of a pipeline document, or of the request itself)."""
 
     path: str
@@ -51,13 +59,13 @@ class Problem(BaseModel):
     column: int | None = None
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Model):
     type: str = Field(description="The error's class: PipelineInvalid, ParameterInvalid, ...")
     message: str = Field(description="What the CLI prints for the same error.")
     problems: list[Problem] | None = None
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Model):
     """Every 4xx (and 5xx) answer of the API."""
 
     error: ErrorDetail
@@ -75,36 +83,36 @@ class PipelineCreate(Request):
     )
 
 
-class PipelineCreated(BaseModel):
+class PipelineCreated(Model):
     name: str
     version: int
     jobs: int
     created: bool = Field(description="False when the document was the latest version already.")
 
 
-class PipelineSummary(BaseModel):
+class PipelineSummary(Model):
     name: str
     version: int = Field(description="The latest version.")
     created_at: str
 
 
-class PipelineList(BaseModel):
+class PipelineList(Model):
     pipelines: list[PipelineSummary]
 
 
-class PipelineDocument(BaseModel):
+class PipelineDocument(Model):
     name: str
     version: int
     document: str
     created_at: str
 
 
-class PipelineVersion(BaseModel):
+class PipelineVersion(Model):
     version: int
     created_at: str
 
 
-class PipelineVersions(BaseModel):
+class PipelineVersions(Model):
     name: str
     versions: list[PipelineVersion]
 
@@ -118,7 +126,7 @@ class SessionStart(Request):
     parameter_text: ParameterText
 
 
-class SessionRecord(BaseModel):
+class SessionRecord(Model):
     """A session (``engine.records.session_to_dict``); secret values are ``******``."""
 
     id: str
@@ -135,15 +143,15 @@ class SessionRecord(BaseModel):
     reason: str | None
 
 
-class SessionReply(BaseModel):
+class SessionReply(Model):
     session: SessionRecord
 
 
-class SessionList(BaseModel):
+class SessionList(Model):
     sessions: list[SessionRecord]
 
 
-class RunRecord(BaseModel):
+class RunRecord(Model):
     """A job run (``engine.records.run_to_dict``)."""
 
     session_id: str
@@ -167,16 +175,16 @@ class RunRecord(BaseModel):
     reason: str | None
 
 
-class RunReply(BaseModel):
+class RunReply(Model):
     run: RunRecord
 
 
-class RunList(BaseModel):
+class RunList(Model):
     runs: list[RunRecord]
     next: str | None = Field(description="Pass as `next` for the following page; null: the last.")
 
 
-class HistoryRecord(BaseModel):
+class HistoryRecord(Model):
     """A history entry (``engine.records.entry_to_dict``)."""
 
     session_id: str
@@ -187,7 +195,7 @@ class HistoryRecord(BaseModel):
     detail: Any = None
 
 
-class HistoryList(BaseModel):
+class HistoryList(Model):
     entries: list[tuple[int, HistoryRecord]] = Field(
         description="[number, entry] pairs; ask again with `after` = the last number."
     )
@@ -222,7 +230,7 @@ class ScheduleCreate(Request):
     parameter_text: ParameterText
 
 
-class ScheduleRecord(BaseModel):
+class ScheduleRecord(Model):
     name: str
     pipeline: str
     cron: str
@@ -233,14 +241,14 @@ class ScheduleRecord(BaseModel):
     created_at: str | None = None
 
 
-class ScheduleList(BaseModel):
+class ScheduleList(Model):
     schedules: list[ScheduleRecord]
 
 
 # ---------------------------------------------------------------------- other functions
 
 
-class StartEvent(BaseModel):
+class StartEvent(Model):
     """The start function's event: a scheduled session's input, as Scheduler sends it."""
 
     model_config = ConfigDict(extra="ignore")
@@ -254,7 +262,7 @@ class StartEvent(BaseModel):
     )
 
 
-class SweepEvent(BaseModel):
+class SweepEvent(Model):
     """The sweeper's event (Scheduler's rate schedule sends ``{}``); both fields optional."""
 
     model_config = ConfigDict(extra="ignore")

@@ -24,6 +24,10 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+# The pipeline language and the reducer load here, in the init phase: this function's first
+# event runs them (engine.aws.service imports them where it uses them, for the history
+# projector's sake, which never does).
+from engine import loader, reducer  # noqa: F401
 from engine.aws.service import AwsEngine, Handled, Ignored, lambda_engine
 
 logger = Logger(service="bunsui")

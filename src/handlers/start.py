@@ -21,6 +21,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+# The pipeline language and the reducer load here, in the init phase: this function's first
+# event runs them (engine.aws.service imports them where it uses them, for the history
+# projector's sake, which never does).
+from engine import loader, reducer  # noqa: F401
 from engine.aws.service import AwsEngine, lambda_engine, scheduled_session_id
 from engine.errors import ParameterInvalid, PipelineInvalid, PipelineNotFound
 from handlers.models import StartEvent

@@ -18,6 +18,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+# The pipeline language and the reducer load here, in the init phase: this function's first
+# event runs them (engine.aws.service imports them where it uses them, for the history
+# projector's sake, which never does).
+from engine import loader, reducer  # noqa: F401
 from engine.aws.service import SWEEP_GRACE_SECONDS, SWEEP_LIMIT, AwsEngine, lambda_engine
 from handlers.models import SweepEvent
 

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.e2e
 
 JOBS = Path(__file__).resolve().parent / "aws" / "jobs"
 BUNSUI_CLI = str(Path(sys.executable).with_name("bunsui"))
-FAN_OUT = 1_000
+FAN_OUT = 100
+"""Sequential delivery, copies shuffled apart; the 1,000-completion run with concurrent
+reducers is tests/reliability/test_load.py."""
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +213,8 @@ def test_the_product_ml_pipeline_runs_on_the_stack_through_the_cli(flow, tmp_pat
 # ---------------------------------------------------------------- 2. a 1,000-job fan-out
 
 
-@pytest.mark.timeout(300)  # about 70 s here: moto answers each of ~15,000 requests in Python
-def test_a_thousand_job_fan_out_with_every_event_twice_in_any_order(flow):
+@pytest.mark.timeout(120)
+def test_a_fan_out_with_every_event_twice_in_any_order(flow):
     flow.duplicates, flow.random = True, random.Random(5)
     items = ", ".join(str(i) for i in range(FAN_OUT))
     document = (

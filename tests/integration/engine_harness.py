@@ -38,6 +38,10 @@ class Recorder:
     def stop(self, run: JobRun, job_type: str) -> None:
         self.stopped.append((run.key, run.handle))
 
+    def started(self, run: JobRun, job_type: str) -> bool:
+        """Whether this attempt's work was started (a service that can be asked)."""
+        return any((o.key, o.attempt) == (run.key, run.attempt) for o in self.orders)
+
     def schedule(self, event: Event, at: str) -> None:
         self.timers.append((at, event))
 

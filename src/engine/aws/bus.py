@@ -74,9 +74,10 @@ class EventNotPut(BunsuiError):
 
 
 class Detail(BaseModel):
-    """Base of Bunsui's details: unknown fields are ignored (a newer sender may add some)."""
+    """Base of Bunsui's details: unknown fields are ignored (a newer sender may add some).
+    Each builds its validator on first use, as the correlator's models do."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class SessionDetail(Detail):

@@ -94,6 +94,10 @@ def parse_dispatch_id(text: str) -> tuple[str, str, int]:
 
 # ---------------------------------------------------------------- models
 
+# Each model builds its validator on first use (``defer_build``): a container sees the
+# events of the services its pipelines use, and building every service's at import is
+# a cold-start cost the others never repay.
+
 
 class Envelope(BaseModel):
     """EventBridge's envelope, as Powertools' ``EventBridgeModel`` has it.
@@ -102,7 +106,7 @@ class Envelope(BaseModel):
     ``detail``): moto's bus, for one, leaves ``account`` out.
     """
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True, defer_build=True)
 
     version: str = "0"
     id: str = ""
@@ -120,7 +124,11 @@ class ServiceDetail(BaseModel):
     """Base of the services' details: camelCase on the wire, unknown fields ignored."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        defer_build=True,
     )
 
 

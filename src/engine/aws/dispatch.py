@@ -224,6 +224,13 @@ class AwsDispatcher:
             "batch": self._stop_batch,
             "emr": self._stop_emr,
         }
+        self._finders: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
+            "ecs": self._ecs_started,
+            "step_function": self._step_function_started,
+            "glue": self._glue_started,
+            "batch": self._batch_started,
+            "emr": self._emr_started,
+        }
 
     def dispatch(self, order: Dispatch) -> None:
         """Start the attempt; None: the completion event brings the service's handle.
@@ -466,6 +473,76 @@ class AwsDispatcher:
             "emr",
             "AddJobFlowSteps",
             lambda: self.clients.emr.add_job_flow_steps(**request),
+        )
+
+    # ------------------------------------------------------------ looking up
+
+    def started(self, run: JobRun, job_type: str) -> bool | None:
+        """Whether the service has the run's current attempt's work, in any state
+        (None for Lambda: an asynchronous invocation cannot be looked up).
+
+        Raises:
+            Throttled: the service asked to slow down.
+        """
+        finder = self._finders.get(job_type)
+        if finder is None:
+            return None
+        inputs = run.inputs if isinstance(run.inputs, Mapping) else {}
+        dispatch_id = dispatch_id_of(run)
+        try:
+            return finder(inputs, dispatch_id)
+        except ClientError as exc:
+            if is_throttling(exc):
+                raise Throttled(f"looking up {dispatch_id}: {error_line(exc)}") from exc
+            _log.warning("looking up %s (%s) failed: %s", dispatch_id, job_type, error_line(exc))
+        except (BotoCoreError, KeyError, TypeError, ValueError) as exc:
+            _log.warning("looking up %s (%s) failed: %s", dispatch_id, job_type, exc)
+        return None  # not known: nothing is started again on a guess
+
+    def _ecs_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
+        where = {"cluster": inputs["cluster"]} if inputs.get("cluster") else {}
+        return any(
+            self.clients.ecs.list_tasks(
+                **where, startedBy=started_by(dispatch_id), desiredStatus=status
+            ).get("taskArns")
+            for status in ("RUNNING", "STOPPED")
+        )
+
+    def _step_function_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
+        arn = execution_arn(inputs["state_machine_arn"], execution_name(dispatch_id))
+        try:
+            self.clients.stepfunctions.describe_execution(executionArn=arn)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+                return False
+            raise
+        return True
+
+    def _glue_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
+        pages = self.clients.glue.get_paginator("get_job_runs").paginate(JobName=inputs["job_name"])
+        return any(
+            (item.get("Arguments") or {}).get(DISPATCH_ARGUMENT) == dispatch_id
+            for page in pages
+            for item in page.get("JobRuns", [])
+        )
+
+    def _batch_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
+        name = batch_job_name(dispatch_id)
+        pages = self.clients.batch.get_paginator("list_jobs").paginate(
+            jobQueue=inputs["job_queue"], filters=[{"name": "JOB_NAME", "values": [name]}]
+        )
+        return any(
+            job.get("jobName") == name for page in pages for job in page.get("jobSummaryList", [])
+        )
+
+    def _emr_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
+        pages = self.clients.emr.get_paginator("list_steps").paginate(
+            ClusterId=inputs["cluster_id"]
+        )
+        return any(
+            emr_dispatch_id(step.get("Name", "")) == dispatch_id
+            for page in pages
+            for step in page.get("Steps", [])
         )
 
     # ------------------------------------------------------------ stopping

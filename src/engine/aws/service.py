@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
@@ -35,7 +35,6 @@ from engine.aws import keys
 from engine.aws.bus import SOURCE, BunsuiBus, EventNotPut
 from engine.aws.correlate import Correlator, Envelope, Ignored
 from engine.aws.dispatch import AwsDispatcher, Throttled, error_line, is_throttling
-from engine.aws.schedules import Schedule, ScheduledSessions
 from engine.aws.secrets import KmsSecrets
 from engine.aws.settings import Clients, Settings
 from engine.aws.store import DynamoStore
@@ -54,12 +53,16 @@ from engine.events import (
     ResumeRequested,
     SessionStarted,
 )
-from engine.loader import load_pipeline
-from engine.parameters import REDACTED, redacted, resolve_parameters
-from engine.pipeline import Pipeline
 from engine.ports import Dispatch, Dispatcher, Secrets, Store, Timers
-from engine.reducer import Reducer
 from engine.state import JobRun, JobStatus, Session, SessionStatus
+
+if TYPE_CHECKING:
+    # Imported where they are used: the pipeline language (its models, the YAML loader,
+    # parameters) and the reducer are most of a cold import, and the history projector
+    # never needs them.
+    from engine.aws.schedules import Schedule, ScheduledSessions
+    from engine.pipeline import Pipeline
+    from engine.reducer import Reducer
 
 RETRY_REQUESTED = "Session Retry Requested"
 """Bunsui's detail-type for a retry asked through the API; the reducer's rule takes it."""
@@ -207,7 +210,7 @@ class RetryRequestedDetail(BaseModel):
     """``Session Retry Requested``: the session, when it had ended (the retry is of that
     end only: a duplicate delivery after a later end does nothing), new parameters."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     session_id: StrictStr = Field(min_length=1)
     ended_at: StrictStr | None = None
@@ -278,6 +281,9 @@ class ThrottledDispatchFails:
     def stop(self, run: JobRun, job_type: str) -> None:
         self.inner.stop(run, job_type)
 
+    def started(self, run: JobRun, job_type: str) -> bool | None:
+        return self.inner.started(run, job_type)
+
 
 class AwsEngine:
     """The application: pipelines, sessions, schedules, and the reducer's entry points.
@@ -315,15 +321,25 @@ class AwsEngine:
         self.secrets = secrets or KmsSecrets(settings, self.clients)
         self.clock = clock
         self.correlator = Correlator(self.clients, settings)
-        self.schedules = ScheduledSessions(settings, self.clients)
         self._pipelines: dict[tuple[str, int], Pipeline] = {}
-        self.reducer = Reducer(
-            self.store,
-            ThrottledDispatchFails(dispatcher or AwsDispatcher(settings, self.clients)),
-            timers or SchedulerTimers(settings, self.clients),
-            self._pinned,
-            self.secrets,
+        self._dispatcher = ThrottledDispatchFails(
+            dispatcher or AwsDispatcher(settings, self.clients)
         )
+        self._timers = timers or SchedulerTimers(settings, self.clients)
+
+    @functools.cached_property
+    def reducer(self) -> Reducer:
+        """The reducer, made on first use (with its modules: see the imports above)."""
+        from engine.reducer import Reducer
+
+        return Reducer(self.store, self._dispatcher, self._timers, self._pinned, self.secrets)
+
+    @functools.cached_property
+    def schedules(self) -> ScheduledSessions:
+        """Scheduled sessions, made on first use (the API's alone)."""
+        from engine.aws.schedules import ScheduledSessions
+
+        return ScheduledSessions(self.settings, self.clients)
 
     @classmethod
     def from_env(cls) -> AwsEngine:
@@ -339,6 +355,8 @@ class AwsEngine:
         Raises:
             PipelineInvalid: every problem of the document, located.
         """
+        from engine.loader import load_pipeline
+
         pipeline = load_pipeline(document, source or "<request>")
         checksum = hashlib.sha256(document.encode()).hexdigest()
         before = self._latest_version(pipeline.name)
@@ -382,6 +400,8 @@ class AwsEngine:
             return self._pipelines[(name, version)], version
         number, text = self.store.get_pipeline_version(name, version)
         if (name, number) not in self._pipelines:
+            from engine.loader import load_pipeline
+
             self._pipelines[(name, number)] = load_pipeline(text, f"{name} (version {number})")
         return self._pipelines[(name, number)], number
 
@@ -411,6 +431,8 @@ class AwsEngine:
             PipelineNotFound: no such pipeline.
             ParameterInvalid: the first unknown, missing or invalid parameter.
         """
+        from engine.parameters import resolve_parameters
+
         pipeline, version = self.pipeline(name)
         parameters = resolve_parameters(pipeline.parameters, values, text_values)
         now = self.clock()
@@ -559,6 +581,8 @@ class AwsEngine:
         A secret kept from before (``******`` in the session) is not checked again:
         its value is not here, and it was checked when it was given.
         """
+        from engine.parameters import REDACTED, redacted, resolve_parameters
+
         given = {*values, *text_values}
         kept = {
             p.name
@@ -589,6 +613,8 @@ class AwsEngine:
             Conflict: a schedule has this name.
             ScheduleInvalid: Scheduler refused the expression or time zone.
         """
+        from engine.parameters import resolve_parameters
+
         pipeline, _ = self.pipeline(schedule.pipeline)
         resolve_parameters(pipeline.parameters, schedule.parameters, schedule.parameter_text)
         return self.schedules.create(schedule, [p.name for p in pipeline.parameters if p.secret])
@@ -646,9 +672,11 @@ class AwsEngine:
             return self._retry_requested(kind, found)
         key = getattr(found, "key", None)
         try:
-            self.reducer.handle(found)
+            applied = self.reducer.handle(found)
         except SessionNotFound:
             return Handled(kind, found.session_id, key, ignored="no such session")
+        if not applied:
+            return Handled(kind, found.session_id, key, ignored="the session has ended")
         return Handled(kind, found.session_id, key, durations=self._durations())
 
     def _durations(self) -> tuple[tuple[str, float], ...]:

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -292,6 +293,12 @@ class LocalDispatcher:
         """The port: stop the run's attempt (see :meth:`stop_attempt`)."""
         self.stop_attempt(run.session_id, run.key, run.handle)
 
+    def started(self, run: JobRun, job_type: str) -> bool | None:
+        """The port: a local attempt is found by its handle alone (its process id), and a
+        driver that died took its attempts' bookkeeping with it: None, cannot tell. The
+        local backend's repair fails such attempts instead (they may have run)."""
+        return None
+
     def stop_attempt(self, session_id: str, key: str, handle: str | None) -> None:
         """Stop the attempt with this handle (any attempt of the run, if None): SIGTERM to its
         process group, SIGKILL after :data:`STOP_GRACE` seconds. Its report says it was stopped.
@@ -419,11 +426,8 @@ class LocalDispatcher:
         ]
         for pump in pumps:
             pump.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=run.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        timed_out = not _ended_within(proc, run.timeout)
+        if timed_out:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # Lambda ends a timed-out invocation at once
             proc.wait()
@@ -510,6 +514,37 @@ class LocalDispatcher:
             run.log.close()
         if run.workdir is not None:
             shutil.rmtree(run.workdir, ignore_errors=True)
+
+
+def _ended_within(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """Wait for the process to end, up to ``timeout`` seconds (None: for ever); whether it did.
+
+    ``Popen.wait`` with a timeout polls, sleeping up to 50 ms between looks: that much
+    would be added to every attempt with a timeout. On Linux a pidfd wakes this thread
+    when the process ends; elsewhere (no pidfd) Popen's polling is what there is.
+    """
+    if timeout is None:
+        proc.wait()
+        return True
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux (or too old a kernel)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        # The process is a child this thread alone waits for: until then it stays a
+        # zombie, so the pid (and the pidfd) cannot name another process.
+        waiting = select.poll()
+        waiting.register(pidfd, select.POLLIN)
+        ended = bool(waiting.poll(max(timeout, 0.0) * 1000))
+    finally:
+        os.close(pidfd)
+    if ended:
+        proc.wait()
+    return ended
 
 
 def _joined(threads: list[threading.Thread], timeout: float) -> bool:

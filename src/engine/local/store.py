@@ -11,6 +11,12 @@ a row per session (whose ``running`` column is the session's slot counter),
 a row per run, a run's ``parents_done`` as rows of ``edges`` (so counting an
 edge is an ``INSERT OR IGNORE`` on its primary key), fan-out slot counters,
 history with an AUTOINCREMENT sequence number, and pipeline versions.
+
+Outside a :meth:`SqliteStore.batch` each call commits on its own. Inside one,
+every call of the thread joins a single ``BEGIN IMMEDIATE`` transaction (a
+call of several statements in a SAVEPOINT of its own), so many events cost
+one commit; the local driver uses it to make each batch of transitions
+durable before anything they cause starts.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from engine.errors import Conflict, OutputTooLarge, SessionNotFound
@@ -82,13 +90,21 @@ def _same(value: Any) -> Any:
     return value
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+"""``json.dumps(value, ensure_ascii=False)`` without building an encoder for each call."""
+
+_decode = json.JSONDecoder().raw_decode
+"""``json.loads`` for the text this module wrote (no whitespace around it), at a third of the
+cost for the small documents most columns hold."""
+
+
 def _dumps(value: Any) -> str | None:
     """A JSON column's text; None stays SQL NULL."""
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else _encode(value)
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else _decode(text)[0]
 
 
 def _output(value: Any) -> str | None:
@@ -105,11 +121,18 @@ def _output(value: Any) -> str | None:
 
 
 def _job_status(value: Any) -> str:
-    return JobStatus(value).value
+    # A dict lookup first: a member and its text hash alike, and this runs for every write.
+    try:
+        return _JOB_STATUS_TEXTS[value]
+    except (KeyError, TypeError):
+        return JobStatus(value).value  # the text of a member, or ValueError
 
 
 def _session_status(value: Any) -> str:
     return SessionStatus(value).value
+
+
+_JOB_STATUS_TEXTS: dict[Any, str] = {status: status.value for status in JobStatus}
 
 
 def _mapping(value: Mapping[str, Any]) -> str | None:
@@ -154,6 +177,10 @@ _SESSION_COLUMNS: dict[str, _Column] = {
 }
 
 
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
 _HISTORY = ("session_id", "at", "kind", "key", "attempt")
 """The plain columns of ``history``, in :class:`HistoryEntry` field order (``detail`` is JSON)."""
 
@@ -167,27 +194,66 @@ def _values(record: Any, columns: Mapping[str, _Column]) -> list[Any]:
     return [encode(getattr(record, name)) for name, (_, encode, _) in columns.items()]
 
 
-def _fields(row: sqlite3.Row, columns: Mapping[str, _Column]) -> dict[str, Any]:
-    return {name: decode(row[column]) for name, (column, _, decode) in columns.items()}
+_RUN_SELECT = ", ".join(column for column, _, _ in _RUN_COLUMNS.values())
+"""The columns of a run, in :data:`_RUN_COLUMNS` order (what :func:`_run` unpacks)."""
+
+_SESSION_SELECT = ", ".join(column for column, _, _ in _SESSION_COLUMNS.values())
+"""The columns of a session, in :data:`_SESSION_COLUMNS` order (what :func:`_session` unpacks)."""
+
+_EDGES = (
+    "(SELECT json_group_object(edge, outcome) FROM edges"
+    " WHERE edges.session_id = runs.session_id AND edges.key = runs.key)"
+)
+"""A run's counted edges as one JSON object, read in the statement that reads the run: one
+statement is one snapshot, so the run and its edges agree without a read transaction."""
+
+_RUN_WITH_EDGES = f"{_RUN_SELECT}, CASE WHEN done > 0 THEN {_EDGES} END"
+"""A run and its edges (most runs, roots and items, have none to read)."""
+
+_RUN_WITH_LAST_EDGES = f"{_RUN_SELECT}, CASE WHEN done >= expected THEN {_EDGES} END"
+"""A run, with its edges only once the last is counted (an edge count stays O(1))."""
+
+_INSERT_RUN = _insert("runs", _RUN_COLUMNS, "INSERT OR IGNORE")
+_DONE = list(_RUN_COLUMNS).index("done")
+_INSERT_SESSION = _insert("sessions", _SESSION_COLUMNS)
+_INSERT_HISTORY = (
+    f"INSERT INTO history ({', '.join(_HISTORY)}, detail) VALUES ({_marks(len(_HISTORY) + 1)})"
+)
+_GET_RUN = f"SELECT {_RUN_WITH_EDGES} FROM runs WHERE session_id = ? AND key = ?"
+_GET_SESSION = f"SELECT {_SESSION_SELECT} FROM sessions WHERE id = ?"
+
+_JOB_STATUSES = {status.value: status for status in JobStatus}
+_SESSION_STATUSES = {status.value: status for status in SessionStatus}
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+
+
+_RUN_IDENTITY = {"session_id", "key"}
+
+
+def _statuses(expect: set[JobStatus]) -> list[str]:
+    """The statuses' texts in one order (so one statement text per set)."""
+    return sorted(_job_status(s) for s in expect)
+
+
+def _encoded(
+    changes: Mapping[str, Any], columns: Mapping[str, _Column], fixed: set[str], what: str
+) -> list[Any]:
+    """The encoded values of ``changes``; ValueError on a field not to change."""
+    values: list[Any] = []
+    for name, value in changes.items():
+        column = columns.get(name)
+        if column is None or name in fixed:
+            raise ValueError(f"a {what}'s '{name}' cannot be changed this way.")
+        values.append(column[1](value))
+    return values
 
 
 def _assignments(
     changes: Mapping[str, Any], columns: Mapping[str, _Column], fixed: set[str], what: str
 ) -> tuple[list[str], list[Any]]:
     """``column = ?`` clauses and their encoded values; ValueError on a field not to change."""
-    clauses: list[str] = []
-    values: list[Any] = []
-    for name, value in changes.items():
-        if name not in columns or name in fixed:
-            raise ValueError(f"a {what}'s '{name}' cannot be changed this way.")
-        column, encode, _ = columns[name]
-        clauses.append(f"{column} = ?")
-        values.append(encode(value))
-    return clauses, values
-
-
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
+    values = _encoded(changes, columns, fixed, what)
+    return [f"{columns[name][0]} = ?" for name in changes], values
 
 
 @contextmanager
@@ -201,12 +267,99 @@ def _known_session(session_id: str) -> Iterator[None]:
         raise
 
 
-def _session(row: sqlite3.Row) -> Session:
-    return Session(**_fields(row, _SESSION_COLUMNS))
+def _session(row: Sequence[Any]) -> Session:
+    """A session from its :data:`_SESSION_SELECT` columns (decoded as
+    :data:`_SESSION_COLUMNS` says, spelled out: this runs for every event)."""
+    (id_, pipeline, version, parameters, status, total, finished, failed, running) = row[:9]
+    created_at, ended_at, reason = row[9:12]
+    return Session(
+        id=id_,
+        pipeline=pipeline,
+        version=version,
+        parameters=_loads(parameters),
+        status=_SESSION_STATUSES[status],
+        total=total,
+        finished=finished,
+        failed=failed,
+        running=running,
+        created_at=created_at,
+        ended_at=ended_at,
+        reason=reason,
+    )
 
 
-def _run(row: sqlite3.Row, parents_done: Mapping[str, Outcome]) -> JobRun:
-    return JobRun(**_fields(row, _RUN_COLUMNS), parents_done=dict(parents_done))
+def _run(row: Sequence[Any]) -> JobRun:
+    """A run from its :data:`_RUN_SELECT` columns and the JSON object of its edges after them
+    (decoded as :data:`_RUN_COLUMNS` says, spelled out: a run is read several times per
+    event)."""
+    (session_id, key, job_id, index, status, attempt, base_attempt, expected, done) = row[:9]
+    item, inputs, output, error, handle, started_at, ended_at, updated_at, reason = row[9:18]
+    edges = {} if row[18] is None else _decode(row[18])[0]
+    return JobRun(
+        session_id=session_id,
+        key=key,
+        job_id=job_id,
+        index=index,
+        status=_JOB_STATUSES[status],
+        attempt=attempt,
+        base_attempt=base_attempt,
+        parents_done={edge: _OUTCOMES[outcome] for edge, outcome in edges.items()},
+        expected=expected,
+        done=done,
+        item=None if item is None else _decode(item)[0],
+        inputs=None if inputs is None else _decode(inputs)[0],
+        output=None if output is None else _decode(output)[0],
+        error=error,
+        handle=handle,
+        started_at=started_at,
+        ended_at=ended_at,
+        updated_at=updated_at,
+        reason=reason,
+    )
+
+
+@lru_cache(maxsize=256)
+def _transition_sql(fields: tuple[str, ...], wanted: int, with_attempt: bool, edges: bool) -> str:
+    """The conditional UPDATE of :meth:`SqliteStore.transition` for one shape of change
+    (built once per shape: the reducer makes a handful)."""
+    clauses = [f"{_RUN_COLUMNS[name][0]} = ?" for name in fields] or ["status = status"]
+    sql = (
+        f"UPDATE runs SET {', '.join(clauses)}"
+        f" WHERE session_id = ? AND key = ? AND status IN ({_marks(wanted)})"
+    )
+    if with_attempt:
+        sql += " AND attempt = ?"
+    # New edges are written after the UPDATE, so the run is read again then.
+    return sql if edges else f"{sql} RETURNING {_RUN_WITH_EDGES}"
+
+
+class _Batch:
+    """The open transaction of a :meth:`SqliteStore.batch` (one per thread)."""
+
+    __slots__ = ("conn", "savepoints")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.savepoints = 0
+
+
+class _Locked:
+    """The one connection of a ``":memory:"`` store, held under its lock (reentrant)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        store._lock.acquire()
+        if store._shared is None:
+            store._shared = store._open()
+        return store._shared
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._store._lock.release()
 
 
 class SqliteStore(PipelineVersions):
@@ -249,27 +402,30 @@ class SqliteStore(PipelineVersions):
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The calling thread's connection (inside a batch: in its open transaction)."""
         if self._memory:
-            with self._lock:
-                if self._shared is None:
-                    self._shared = self._open()
-                yield self._shared
-            return
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+            return _Locked(self)
+        held: nullcontext[sqlite3.Connection] | None = getattr(self._local, "held", None)
+        if held is None:
             conn = self._open()
             with self._lock:
                 # Connections of threads that have ended are closed here, not leaked.
                 for thread in [t for t in self._connections if not t.is_alive()]:
                     self._connections.pop(thread).close()
                 self._connections[threading.current_thread()] = conn
-            self._local.conn = conn
-        yield conn
+            held = self._local.held = nullcontext(conn)
+        return held
 
     @contextmanager
     def _transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            if mode == "DEFERRED":
+                yield batch.conn  # the batch's transaction is already one snapshot
+            else:
+                yield from self._savepoint(batch)
+            return
         with self._connection() as conn:
             conn.execute(f"BEGIN {mode}")
             try:
@@ -279,6 +435,23 @@ class SqliteStore(PipelineVersions):
                 raise
             conn.execute("COMMIT")
 
+    @staticmethod
+    def _savepoint(batch: _Batch) -> Iterator[sqlite3.Connection]:
+        """A write of several statements inside a batch: if it fails, it alone is undone."""
+        conn = batch.conn
+        name = f"w{batch.savepoints}"
+        batch.savepoints += 1
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        finally:
+            batch.savepoints -= 1
+        conn.execute(f"RELEASE {name}")
+
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction: IMMEDIATE takes the write lock at BEGIN, so the
         reads inside it cannot be invalidated by another writer before COMMIT."""
@@ -287,6 +460,41 @@ class SqliteStore(PipelineVersions):
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read transaction: one consistent snapshot for several SELECTs."""
         return self._transaction("DEFERRED")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make the calling thread's store calls one transaction: one commit for all.
+
+        Opens ``BEGIN IMMEDIATE`` (the write lock, for the whole batch: keep it
+        short, other writers wait up to :data:`BUSY_TIMEOUT_MS`); each call of the
+        thread runs in it, a write of several statements in a SAVEPOINT, so a call
+        that fails still changes nothing and its caller may go on. Commits when the
+        block ends; if an exception leaves it, rolls everything back and re-raises:
+        then no call of the batch happened. Other threads' calls are not part of it
+        (on a file they wait for the lock; on ``":memory:"`` for the connection).
+        A batch inside a batch is part of the outer one.
+        """
+        if getattr(self._local, "batch", None) is not None:
+            yield
+            return
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._local.batch = _Batch(conn)
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT may have ended it
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._local.batch = None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION` (later versions add steps here)."""
@@ -300,6 +508,13 @@ class SqliteStore(PipelineVersions):
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:  # the statements here use RETURNING (SQLite 3.35) and the JSON functions
+            conn.execute("UPDATE sessions SET id = id WHERE 0 RETURNING json_object('a', 1)")
+        except sqlite3.OperationalError as exc:
+            raise RuntimeError(
+                f"this Python's SQLite ({sqlite3.sqlite_version}) lacks RETURNING or the "
+                "JSON functions; Bunsui needs SQLite 3.35 or later, with JSON."
+            ) from exc
 
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""
@@ -328,9 +543,7 @@ class SqliteStore(PipelineVersions):
         """
         try:
             with self._connection() as conn:
-                conn.execute(
-                    _insert("sessions", _SESSION_COLUMNS), _values(session, _SESSION_COLUMNS)
-                )
+                conn.execute(_INSERT_SESSION, _values(session, _SESSION_COLUMNS))
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
@@ -345,9 +558,33 @@ class SqliteStore(PipelineVersions):
         with self._connection() as conn:
             return self._get_session(conn, session_id)
 
+    def session_status(self, session_id: str) -> SessionStatus:
+        """The session's status alone (what a driver asks after every batch).
+
+        Raises:
+            SessionNotFound: no session has this id.
+        """
+        with self._connection() as conn:
+            row = conn.execute("SELECT status FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFound(session_id)
+        return _SESSION_STATUSES[row[0]]
+
     @staticmethod
     def _get_session(conn: sqlite3.Connection, session_id: str) -> Session:
-        row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        row = conn.execute(_GET_SESSION, (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFound(session_id)
+        return _session(row)
+
+    def _updated_session(self, sql: str, params: Sequence[Any], session_id: str) -> Session:
+        """Run one ``UPDATE sessions ... RETURNING`` (atomic by itself); the session it wrote.
+
+        Raises:
+            SessionNotFound: it matched no session.
+        """
+        with self._connection() as conn:
+            row = conn.execute(f"{sql} RETURNING {_SESSION_SELECT}", params).fetchone()
         if row is None:
             raise SessionNotFound(session_id)
         return _session(row)
@@ -370,16 +607,19 @@ class SqliteStore(PipelineVersions):
         """
         clauses, values = _assignments(changes or {}, _SESSION_COLUMNS, {"id", "status"}, "session")
         wanted = sorted(_session_status(s) for s in expect)
-        with self._write() as conn:
+        with self._connection() as conn:
             # The status condition guards two reducers closing (or cancel racing the
             # close of) one session: only the first sees a live status.
-            cursor = conn.execute(
+            row = conn.execute(
                 f"UPDATE sessions SET {', '.join(['status = ?', *clauses])}"
-                f" WHERE id = ? AND status IN ({_marks(len(wanted))})",
+                f" WHERE id = ? AND status IN ({_marks(len(wanted))})"
+                f" RETURNING {_SESSION_SELECT}",
                 (_session_status(status), *values, session_id, *wanted),
-            )
-            session = self._get_session(conn, session_id)
-            return session if cursor.rowcount == 1 else None
+            ).fetchone()
+            if row is not None:
+                return _session(row)
+            self._get_session(conn, session_id)  # raises SessionNotFound
+            return None
 
     def count_finished(self, session_id: str, failed: bool) -> Session:
         """Atomically add one finished run (and one failed, if so).
@@ -390,14 +630,13 @@ class SqliteStore(PipelineVersions):
         Raises:
             SessionNotFound: no session has this id.
         """
-        with self._write() as conn:
-            # One UPDATE adds to the stored value: two reducers ending runs at once both
-            # count, and the one whose update makes finished == total sees it.
-            conn.execute(
-                "UPDATE sessions SET finished = finished + 1, failed = failed + ? WHERE id = ?",
-                (int(failed), session_id),
-            )
-            return self._get_session(conn, session_id)
+        # One UPDATE adds to the stored value: two reducers ending runs at once both
+        # count, and the one whose update makes finished == total sees it.
+        return self._updated_session(
+            "UPDATE sessions SET finished = finished + 1, failed = failed + ? WHERE id = ?",
+            (int(failed), session_id),
+            session_id,
+        )
 
     def recount(self, session_id: str) -> Session:
         """Set the counters from the runs themselves (repair after a crash).
@@ -407,17 +646,16 @@ class SqliteStore(PipelineVersions):
         """
         terminal = [status.value for status in TERMINAL_JOB]
         marks = _marks(len(terminal))
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE sessions SET"
-                " finished = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
-                f"  AND idx IS NULL AND status IN ({marks})),"
-                " failed = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
-                "  AND idx IS NULL AND status = ?)"
-                " WHERE id = ?",
-                (*terminal, JobStatus.FAILED.value, session_id),
-            )
-            return self._get_session(conn, session_id)
+        return self._updated_session(
+            "UPDATE sessions SET"
+            " finished = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
+            f"  AND idx IS NULL AND status IN ({marks})),"
+            " failed = (SELECT COUNT(*) FROM runs WHERE session_id = sessions.id"
+            "  AND idx IS NULL AND status = ?)"
+            " WHERE id = ?",
+            (*terminal, JobStatus.FAILED.value, session_id),
+            session_id,
+        )
 
     def sessions(
         self,
@@ -434,7 +672,7 @@ class SqliteStore(PipelineVersions):
             where.append(f"status IN ({_marks(len(statuses))})")
             args.extend(status.value for status in statuses)
         sql = (
-            f"SELECT * FROM sessions WHERE {' AND '.join(where)}"
+            f"SELECT {_SESSION_SELECT} FROM sessions WHERE {' AND '.join(where)}"
             " ORDER BY created_at DESC, id DESC LIMIT ?"
         )
         with self._read() as conn:
@@ -504,9 +742,14 @@ class SqliteStore(PipelineVersions):
             OutputTooLarge: the output is larger than :data:`MAX_OUTPUT_BYTES`.
         """
         row = _values(run, _RUN_COLUMNS)
+        row[_DONE] = len(run.parents_done)  # the count is of the edges written with it
+        if not run.parents_done:
+            # One statement (most runs: roots, items, a child before its first edge).
+            with _known_session(run.session_id), self._connection() as conn:
+                # OR IGNORE: of two reducers creating the same run, the second writes nothing.
+                return conn.execute(_INSERT_RUN, row).rowcount == 1
         with _known_session(run.session_id), self._write() as conn:
-            # OR IGNORE: of two reducers creating the same run, the second writes nothing.
-            if conn.execute(_insert("runs", _RUN_COLUMNS, "INSERT OR IGNORE"), row).rowcount:
+            if conn.execute(_INSERT_RUN, row).rowcount:
                 self._put_edges(conn, run.session_id, run.key, run.parents_done)
                 return True
             return False
@@ -516,10 +759,7 @@ class SqliteStore(PipelineVersions):
         if not runs:
             return
         with _known_session(runs[0].session_id), self._write() as conn:
-            conn.executemany(
-                _insert("runs", _RUN_COLUMNS, "INSERT OR IGNORE"),
-                [_values(run, _RUN_COLUMNS) for run in runs],
-            )
+            conn.executemany(_INSERT_RUN, [_values(run, _RUN_COLUMNS) for run in runs])
 
     @staticmethod
     def _put_edges(
@@ -537,27 +777,12 @@ class SqliteStore(PipelineVersions):
     def get_run(self, session_id: str, key: str) -> JobRun | None:
         """The run with this key, or None."""
         with self._connection() as conn:
-            run = self._get_run(conn, session_id, key, edges=False)
-        if run is None or not run.done:
-            return run  # one SELECT is its own snapshot
-        with self._read() as conn:
             return self._get_run(conn, session_id, key)
 
     @staticmethod
-    def _get_run(
-        conn: sqlite3.Connection, session_id: str, key: str, edges: bool = True
-    ) -> JobRun | None:
-        row = conn.execute(
-            "SELECT * FROM runs WHERE session_id = ? AND key = ?", (session_id, key)
-        ).fetchone()
-        if row is None:
-            return None
-        if not edges or not row["done"]:
-            return _run(row, {})  # most runs (roots, items) have no edges to read
-        found = conn.execute(
-            "SELECT edge, outcome FROM edges WHERE session_id = ? AND key = ?", (session_id, key)
-        ).fetchall()
-        return _run(row, {edge: Outcome(outcome) for edge, outcome in found})
+    def _get_run(conn: sqlite3.Connection, session_id: str, key: str) -> JobRun | None:
+        row = conn.execute(_GET_RUN, (session_id, key)).fetchone()
+        return None if row is None else _run(row)
 
     def transition(
         self,
@@ -581,32 +806,49 @@ class SqliteStore(PipelineVersions):
                 ``key``), or the output is larger than :data:`MAX_OUTPUT_BYTES`. The
                 reducer records the latter as a failed attempt; nothing was written.
         """
-        fields = {name: value for name, value in changes.items() if name != "parents_done"}
-        clauses, values = _assignments(fields, _RUN_COLUMNS, {"session_id", "key"}, "job run")
-        if not clauses:
-            clauses = ["status = status"]  # still test (and lock) the condition
-        wanted = sorted(_job_status(s) for s in expect)
-        sql = (
-            f"UPDATE runs SET {', '.join(clauses)}"
-            f" WHERE session_id = ? AND key = ? AND status IN ({_marks(len(wanted))})"
+        edges = "parents_done" in changes
+        fields = (
+            {name: value for name, value in changes.items() if name != "parents_done"}
+            if edges
+            else changes
         )
+        values = _encoded(fields, _RUN_COLUMNS, _RUN_IDENTITY, "job run")
+        wanted = [_job_status(s) for s in expect] if len(expect) == 1 else _statuses(expect)
+        sql = _transition_sql(tuple(fields), len(wanted), attempt is not None, edges)
         params = [*values, session_id, key, *wanted]
         if attempt is not None:
             # The attempt guards a late event of an earlier attempt (a retry already
             # started) against ending the current one.
-            sql += " AND attempt = ?"
             params.append(attempt)
+        # The status condition guards two reducers claiming or ending one run: the
+        # loser's UPDATE matches no row, since the winner changed the status.
+        if not edges:
+            with self._connection() as conn:  # one statement: atomic, and its own snapshot
+                row = conn.execute(sql, params).fetchone()
+            return None if row is None else _run(row)
         with self._write() as conn:
-            # The status condition guards two reducers claiming or ending one run: the
-            # loser's UPDATE matches no row, since the winner changed the status.
             if conn.execute(sql, params).rowcount == 0:
                 return None
-            if "parents_done" in changes:
-                conn.execute(
-                    "DELETE FROM edges WHERE session_id = ? AND key = ?", (session_id, key)
-                )
-                self._put_edges(conn, session_id, key, changes["parents_done"])
+            conn.execute("DELETE FROM edges WHERE session_id = ? AND key = ?", (session_id, key))
+            self._put_edges(conn, session_id, key, changes["parents_done"])
             return self._get_run(conn, session_id, key)
+
+    def write_handles(self, handles: Sequence[tuple[str, str, int, str]]) -> None:
+        """Record the handles of attempts started: ``(session_id, key, attempt, handle)`` each.
+
+        The write :meth:`transition` makes for ``{"handle": handle}`` from RUNNING at
+        that attempt (a run that has moved on keeps what it has), for many attempts
+        in one statement, reading nothing back.
+        """
+        with self._connection() as conn:  # each UPDATE stands alone: no savepoint needed
+            conn.executemany(
+                "UPDATE runs SET handle = ? WHERE session_id = ? AND key = ?"
+                " AND status = ? AND attempt = ?",
+                [
+                    (handle, session_id, key, JobStatus.RUNNING.value, attempt)
+                    for session_id, key, attempt, handle in handles
+                ],
+            )
 
     def count_edge(
         self,
@@ -636,7 +878,7 @@ class SqliteStore(PipelineVersions):
                 (session_id, key, job_id, index, JobStatus.WAITING.value, expected),
             )
             # The edges primary key guards a redelivered event counting its edge
-            # twice; the read below is in the same transaction, so each caller sees
+            # twice; the count below is in the same transaction, so each caller sees
             # the count its own edge made, and only one sees it reach `expected`.
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO edges (session_id, key, edge, outcome) VALUES (?, ?, ?, ?)",
@@ -644,16 +886,14 @@ class SqliteStore(PipelineVersions):
             )
             if cursor.rowcount == 0:
                 return None
-            conn.execute(
-                "UPDATE runs SET done = done + 1 WHERE session_id = ? AND key = ?",
-                (session_id, key),
-            )
             # The outcomes are read only when the last edge is in: a fan-in of n parents
             # (or a fan-out of n items) then costs O(1) per edge, O(n) once.
-            run = self._get_run(conn, session_id, key, edges=False)
-            if run is not None and run.done >= run.expected:
-                run = self._get_run(conn, session_id, key)
-            return run
+            row = conn.execute(
+                "UPDATE runs SET done = done + 1 WHERE session_id = ? AND key = ?"
+                f" RETURNING {_RUN_WITH_LAST_EDGES}",
+                (session_id, key),
+            ).fetchone()
+            return None if row is None else _run(row)
 
     def runs(
         self,
@@ -679,22 +919,16 @@ class SqliteStore(PipelineVersions):
             where.append("job_id = ?")
             params.append(job_id)
         # Items of a fan-out in index order (a queue drains [2] before [10]).
-        sql = f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY job_id, idx, key"
+        sql = (
+            f"SELECT {_RUN_WITH_EDGES} FROM runs WHERE {' AND '.join(where)}"
+            " ORDER BY job_id, idx, key"
+        )
         if limit is not None:
             sql += " LIMIT ?"
             params.append(max(limit, 0))
-        with self._read() as conn:
+        with self._connection() as conn:  # one statement: the runs and edges of one snapshot
             rows = conn.execute(sql, params).fetchall()
-            if not rows:
-                return []
-            edges: dict[str, dict[str, Outcome]] = {row["key"]: {} for row in rows}
-            for key, edge, outcome in conn.execute(
-                "SELECT key, edge, outcome FROM edges WHERE session_id = ? AND key BETWEEN ? AND ?",
-                (session_id, rows[0]["key"], rows[-1]["key"]),
-            ):
-                if key in edges:
-                    edges[key][edge] = Outcome(outcome)
-        return [_run(row, edges[row["key"]]) for row in rows]
+        return [_run(row) for row in rows]
 
     def delete_runs(self, session_id: str, keys: Sequence[str]) -> None:
         """Forget runs and their counted edges (a session retry re-runs them)."""
@@ -714,9 +948,15 @@ class SqliteStore(PipelineVersions):
         """
         with _known_session(entry.session_id), self._connection() as conn:
             conn.execute(
-                f"INSERT INTO history ({', '.join(_HISTORY)}, detail)"
-                f" VALUES ({_marks(len(_HISTORY) + 1)})",
-                (*(getattr(entry, name) for name in _HISTORY), _dumps(entry.detail)),
+                _INSERT_HISTORY,
+                (
+                    entry.session_id,
+                    entry.at,
+                    entry.kind,
+                    entry.key,
+                    entry.attempt,
+                    _dumps(entry.detail),
+                ),
             )
 
     def history(self, session_id: str, after: int = 0) -> list[tuple[int, HistoryEntry]]:

@@ -34,8 +34,12 @@ What moto does not do, and the harness does instead:
   ``Input``) and deletes it (``ActionAfterCompletion: DELETE``).
 - **EventBridge -> Lambda targets.** moto delivers to SQS only; the harness
   drains the rules' queues and calls the target function's handler in this
-  process, one event per invocation, optionally each event twice and in a
-  shuffled order (EventBridge delivers at least once, in no order).
+  process, one event per invocation, optionally each event twice (the copies
+  shuffled apart, or side by side) and in a shuffled order (EventBridge
+  delivers at least once, in no order), and optionally from several threads
+  at once (``workers``): Lambda runs a function's invocations concurrently,
+  each in its own container, so each worker thread is one container with its
+  own engine (its own clients and caches), built as the handler builds it.
 - **DynamoDB Streams -> Lambda.** moto keeps the stream records but invokes
   nothing without Docker; the harness reads them and calls the consumer
   (``handlers.history``) with Lambda's stream event shape, in the mapping's
@@ -43,6 +47,13 @@ What moto does not do, and the harness does instead:
 - **API Gateway.** :class:`tests.e2e.aws.gateway.ApiGateway` with the routes
   of ``ApiFunction``'s ``HttpApi`` events; :meth:`AwsHarness.api` signs
   requests with SigV4.
+
+With workers, moto's backends apply one request at a time: moto takes no lock
+of its own, so two threads' conditional writes to one item could both pass
+their condition, which DynamoDB never lets happen (it applies each request to
+an item atomically), and a request can even fail on a dictionary another
+thread changes. Reducers still interleave between requests, where their races
+are.
 
 Every AWS request of every client in the process is counted per actor
 (``api``, ``reducer``, ``history``, ``sweeper``, ``start``, ``harness``, ``job``),
@@ -69,6 +80,7 @@ import os
 import random
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -76,6 +88,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,6 +130,8 @@ _AT = re.compile(r"at\((\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\)")
 
 _server: ThreadedMotoServer | None = None
 _endpoint = ""
+_moto_lock = threading.RLock()
+"""Held while moto's backends apply one in-process request (see :func:`_one_request_at_a_time`)."""
 
 
 def moto_endpoint() -> str:
@@ -133,6 +148,27 @@ def moto_endpoint() -> str:
         host, port = _server.get_host_and_port()
         _endpoint = f"http://{host}:{port}"
     return _endpoint
+
+
+def _one_request_at_a_time() -> None:
+    """Make moto's backends apply each in-process request whole before the next one starts.
+
+    DynamoDB applies a request to an item atomically; moto checks a condition and then
+    writes, with no lock between, so two threads could both pass one condition. Requests
+    from this process reach moto through :mod:`tests.e2e.aws.direct`'s stubber, so it is
+    wrapped once; an uncontended lock costs nothing to a single thread.
+    """
+    stubber = direct_transport._stubber
+    if getattr(stubber, "bunsui_one_at_a_time", False):
+        return
+    apply = stubber.process_request
+
+    def process_request(request: Any) -> Any:
+        with _moto_lock:
+            return apply(request)
+
+    stubber.process_request = process_request  # type: ignore[method-assign]
+    stubber.bunsui_one_at_a_time = True  # type: ignore[attr-defined]
 
 
 def item_bytes(image: Mapping[str, Any]) -> int:
@@ -211,7 +247,13 @@ class AwsHarness:
         template: Bunsui's template.
         stack: The stack name (names the generated resources).
         duplicates: Deliver every bus event twice.
+        together: With ``duplicates``, deliver an event's two copies one right after the
+            other (with ``workers``: to two containers at the same moment), the pairs in
+            shuffled order when ``seed`` is given; otherwise the copies are shuffled apart.
         seed: Shuffle the events of each delivery round with this seed (None: in order).
+        workers: Invocations of a rule's function at once: each event of a delivery round
+            goes to the next free one of ``workers`` threads, each a Lambda container with
+            its own engine (1: one after another, in the calling thread).
         logs: Write jobs' output to moto's CloudWatch Logs (process-mode Lambda, ECS).
         quiet: Keep the handlers' logs at WARNING and their metrics off.
         direct: Answer this process's requests from moto's backends without HTTP
@@ -226,7 +268,9 @@ class AwsHarness:
         template: Path = TEMPLATE,
         stack: str = "e2e",
         duplicates: bool = False,
+        together: bool = False,
         seed: int | None = None,
+        workers: int = 1,
         logs: bool = False,
         quiet: bool = True,
         direct: bool = True,
@@ -234,8 +278,14 @@ class AwsHarness:
         self.sources = list(sources)
         self.template_path = template
         self.stack = stack
+        if workers < 1:
+            raise ValueError(f"workers is at least 1, not {workers}")
         self.duplicates = duplicates
+        self.together = together
         self.random = random.Random(seed) if seed is not None else None
+        self.workers = workers
+        self.peak_concurrency = 0
+        """The most invocations that were in flight at once (in any delivery round)."""
         self.logs = logs
         self.quiet = quiet
         self.endpoint = moto_endpoint()
@@ -247,6 +297,13 @@ class AwsHarness:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._network: dict[str, list[str]] | None = None
         self._inbox: list[tuple[Queue, dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._container = threading.local()
+        self._flight = threading.Lock()
+        self._in_flight = 0
+        self._handled = 0
+        self._projecting = threading.Lock()
         self.write_units: Counter[str] = Counter()
         """DynamoDB write units of the table's changes: ``state`` (sessions, runs...) and
         ``history`` items, from the stream's images (see :func:`item_bytes`)."""
@@ -263,6 +320,7 @@ class AwsHarness:
         endpoint = self.endpoint
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
         untrack()
+        _one_request_at_a_time()
         self._set_env(
             {
                 "AWS_ENDPOINT_URL": endpoint,
@@ -299,6 +357,7 @@ class AwsHarness:
         return self
 
     def stop(self) -> None:
+        self._close_containers()
         gateway = getattr(self, "gateway", None)
         if gateway is not None:
             gateway.stop()
@@ -419,21 +478,103 @@ class AwsHarness:
         """Hand each event the rules' queues received to its rule's function; how many."""
         self._collect()
         batch, self._inbox = self._inbox, []
-        if self.duplicates:
-            batch = batch + batch
-        if self.random is not None:
-            self.random.shuffle(batch)
+        if self.duplicates and self.together:
+            if self.random is not None:
+                self.random.shuffle(batch)
+            batch = [copy for pair in zip(batch, batch, strict=True) for copy in pair]
+        else:
+            if self.duplicates:
+                batch = batch + batch
+            if self.random is not None:
+                self.random.shuffle(batch)
+        if self.workers > 1 and len(batch) > 1:
+            self._deliver_at_once(batch)
+            return len(batch)
         for count, (queue, event) in enumerate(batch, 1):
             if count % PROJECT_EVERY == 0:
                 self.project()  # the stream's consumer keeps up, as on AWS
-            self.delivered.append((queue.rule.name, event))
-            try:
-                self.invoke(queue.rule.function, event)
-            except Exception as exc:
-                raise HarnessError(
-                    f"{queue.rule.function} raised on {event.get('detail-type')}: {exc!r}"
-                ) from exc
+            self._deliver_one(queue, event)
         return len(batch)
+
+    def _deliver_one(self, queue: Queue, event: dict[str, Any]) -> None:
+        self.delivered.append((queue.rule.name, event))
+        try:
+            self.invoke(queue.rule.function, event)
+        except Exception as exc:
+            raise HarnessError(
+                f"{queue.rule.function} raised on {event.get('detail-type')}: {exc!r}"
+            ) from exc
+
+    # ------------------------------------------------------------ concurrent invocations
+
+    def _deliver_at_once(self, batch: list[tuple[Queue, dict[str, Any]]]) -> None:
+        """Every event of the round to the worker threads (Lambda's containers), all queued
+        at once; returns when all are handled, raising the first handler's failure."""
+        pool = self._containers()
+        functions = [self.functions[name] for name in {queue.rule.function for queue, _ in batch}]
+        for function in functions:
+            self._handler(function)  # imported before its engine() is pointed elsewhere
+        modules = {str(function.handler).rpartition(".")[0] for function in functions}
+        saved = self._use_container_engines(modules)
+        try:
+            futures = [pool.submit(self._deliver_in_container, q, e) for q, e in batch]
+            wait(futures)
+        finally:
+            for module, engine in saved.items():
+                sys.modules[module].engine = engine  # type: ignore[attr-defined]
+        for future in futures:
+            future.result()
+
+    def _containers(self) -> ThreadPoolExecutor:
+        """The worker threads (kept between rounds: warm containers keep their engines)."""
+        if self._pool is None or self._pool_size != self.workers:
+            self._close_containers()
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="container")
+            self._pool_size = self.workers
+        return self._pool
+
+    def _close_containers(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._container = threading.local()
+
+    def _use_container_engines(self, modules: set[str]) -> dict[str, Any]:
+        """Point the handler modules' ``engine()`` at the calling thread's container engine;
+        what it was before, to put back."""
+        saved: dict[str, Any] = {}
+        for name in modules:
+            module = sys.modules[name]
+            if callable(getattr(module, "engine", None)):
+                saved[name] = module.engine
+                module.engine = self._container_engine  # type: ignore[attr-defined]
+        return saved
+
+    def _container_engine(self) -> Any:
+        """This thread's engine, made on its first invocation as a container makes it."""
+        engine = getattr(self._container, "engine", None)
+        if engine is None:
+            service = importlib.import_module("engine.aws.service")
+            engine = self._container.engine = service.AwsEngine.from_env()
+        return engine
+
+    def _deliver_in_container(self, queue: Queue, event: dict[str, Any]) -> None:
+        with self._flight:
+            self._in_flight += 1
+            self.peak_concurrency = max(self.peak_concurrency, self._in_flight)
+        try:
+            self._deliver_one(queue, event)
+        finally:
+            with self._flight:
+                self._in_flight -= 1
+                self._handled += 1
+                due = self._handled % PROJECT_EVERY == 0
+        # The stream's consumer keeps up beside the reducers, one poller at a time.
+        if due and self._projecting.acquire(blocking=False):
+            try:
+                self._project()
+            finally:
+                self._projecting.release()
 
     def _collect(self) -> None:
         """Move what the rules' queues hold to the inbox (often: moto's ReceiveMessage looks
@@ -485,6 +626,10 @@ class AwsHarness:
 
     def project(self) -> int:
         """Feed new stream records to their consumers (the history projector); how many."""
+        with self._projecting:
+            return self._project()
+
+    def _project(self) -> int:
         moved = 0
         for consumer in self.consumers:
             records = self._stream_records(consumer)
@@ -510,14 +655,15 @@ class AwsHarness:
         shard = table.stream_shard
         if shard is None:
             return []
-        start = consumer.position
-        fresh = shard.items[start:]
-        consumer.position += len(fresh)
-        # moto keeps every record with both images for ever (a 10,000-item session's would
-        # fill the memory); read ones are dropped in place, so positions and sequence
-        # numbers stay as they are (one consumer reads a table's stream here).
-        for index in range(start, start + len(fresh)):
-            shard.items[index] = None
+        with _moto_lock:  # reducers may be writing (workers)
+            start = consumer.position
+            fresh = shard.items[start:]
+            consumer.position += len(fresh)
+            # moto keeps every record with both images for ever (a 10,000-item session's
+            # would fill the memory); read ones are dropped in place, so positions and
+            # sequence numbers stay as they are (one consumer reads a table's stream here).
+            for index in range(start, start + len(fresh)):
+                shard.items[index] = None
         source = f"{table.table_arn}/stream/{table.latest_stream_label}"
         records = []
         for item in fresh:
