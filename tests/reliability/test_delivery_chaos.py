@@ -72,7 +72,7 @@ from tests.reliability.reference import (
 )
 
 LONG = os.environ.get("BUNSUI_CHAOS_EXAMPLES")
-EXAMPLES = {"sqlite": 400, "dynamodb": 30}
+EXAMPLES = {"sqlite": 300, "dynamodb": 20}
 """Examples per store in ``make test``; BUNSUI_CHAOS_EXAMPLES sets both."""
 MAX_JOBS = {"sqlite": 300, "dynamodb": 300 if LONG else 150}
 """The largest DAG; moto costs about 5 ms of CPU a request, so ``make test`` keeps
