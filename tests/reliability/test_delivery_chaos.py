@@ -12,7 +12,7 @@ session must then end exactly as the sequential reference interpreter
 (tests/reliability/reference.py) says:
 
 - every (run, attempt) is dispatched at most once, and exactly the attempts
-  the reference makes are dispatched;
+  the reference makes are dispatched (on SQLite, the claims in the history too);
 - the session's final status, and every job's and fan-out item's, are the
   reference's;
 - no run is left non-terminal, and no run exists that the reference lacks;
