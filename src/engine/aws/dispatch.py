@@ -487,17 +487,8 @@ class AwsDispatcher:
         finder = self._finders.get(job_type)
         if finder is None:
             return None
-        inputs = run.inputs if isinstance(run.inputs, Mapping) else {}
-        dispatch_id = dispatch_id_of(run)
-        try:
-            return finder(inputs, dispatch_id)
-        except ClientError as exc:
-            if is_throttling(exc):
-                raise Throttled(f"looking up {dispatch_id}: {error_line(exc)}") from exc
-            _log.warning("looking up %s (%s) failed: %s", dispatch_id, job_type, error_line(exc))
-        except (BotoCoreError, KeyError, TypeError, ValueError) as exc:
-            _log.warning("looking up %s (%s) failed: %s", dispatch_id, job_type, exc)
-        return None  # not known: nothing is started again on a guess
+        # None when the lookup failed: not known, so nothing is started again on a guess.
+        return _best_effort("looking up", run, job_type, finder)
 
     def _ecs_started(self, inputs: Mapping[str, Any], dispatch_id: str) -> bool:
         where = {"cluster": inputs["cluster"]} if inputs.get("cluster") else {}
@@ -559,16 +550,7 @@ class AwsDispatcher:
             if job_type == "lambda":
                 _log.info("%s: a Lambda invocation cannot be stopped", dispatch_id_of(run))
             return
-        inputs = run.inputs if isinstance(run.inputs, Mapping) else {}
-        dispatch_id = dispatch_id_of(run)
-        try:
-            stopper(run, inputs, dispatch_id)
-        except ClientError as exc:
-            if is_throttling(exc):
-                raise Throttled(f"stopping {dispatch_id}: {error_line(exc)}") from exc
-            _log.warning("stopping %s (%s) failed: %s", dispatch_id, job_type, error_line(exc))
-        except (BotoCoreError, KeyError, TypeError, ValueError) as exc:
-            _log.warning("stopping %s (%s) failed: %s", dispatch_id, job_type, exc)
+        _best_effort("stopping", run, job_type, lambda inputs, found: stopper(run, inputs, found))
 
     def _stop_ecs(self, run: JobRun, inputs: Mapping[str, Any], dispatch_id: str) -> None:
         where = {"cluster": inputs["cluster"]} if inputs.get("cluster") else {}
@@ -627,6 +609,24 @@ class AwsDispatcher:
             emr.cancel_steps(
                 ClusterId=cluster, StepIds=steps, StepCancellationOption="SEND_INTERRUPT"
             )
+
+
+def _best_effort(
+    doing: str, run: JobRun, job_type: str, call: Callable[[Mapping[str, Any], str], Any]
+) -> Any:
+    """``call`` with the run's recorded inputs and dispatch id; its result, or None when it
+    failed (logged). Throttling alone is raised, so the event is delivered again."""
+    inputs = run.inputs if isinstance(run.inputs, Mapping) else {}
+    dispatch_id = dispatch_id_of(run)
+    try:
+        return call(inputs, dispatch_id)
+    except ClientError as exc:
+        if is_throttling(exc):
+            raise Throttled(f"{doing} {dispatch_id}: {error_line(exc)}") from exc
+        _log.warning("%s %s (%s) failed: %s", doing, dispatch_id, job_type, error_line(exc))
+    except (BotoCoreError, KeyError, TypeError, ValueError) as exc:
+        _log.warning("%s %s (%s) failed: %s", doing, dispatch_id, job_type, exc)
+    return None
 
 
 def _with_identity(order: Dispatch, document: Any, field: str) -> dict[str, Any]:
