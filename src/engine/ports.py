@@ -73,9 +73,9 @@ class Store(Protocol):
         """Write a run if no run has its key yet; whether it was written."""
 
     def put_new_runs(self, runs: Sequence[JobRun]) -> None:
-        """Write the first runs of a session just created (its root jobs), in as few
-        requests as the store allows. Unconditional: only for keys no one else writes
-        yet (a new session's runs exist before any event of it is handled)."""
+        """Write runs no one else writes yet, in as few requests as the store allows:
+        a session's root jobs when it is created (before any event of it is handled),
+        a fan-out's items when its claim first expands it. Unconditional."""
 
     def get_run(self, session_id: str, key: str) -> JobRun | None: ...
 
@@ -109,6 +109,12 @@ class Store(Protocol):
         caller's run carries every outcome in ``parents_done`` (as :class:`Outcome`),
         the others' only the count.
         """
+
+    def expect_items(self, session_id: str, key: str, count: int) -> None:
+        """The fan-out run ``key`` is about to count ``count`` items ``[0]`` to
+        ``[count - 1]``: called once its items are claimed, before any is counted, and
+        again (harmless) by a sweeper that expands it again. A store may prepare to
+        count them in parts, so that no one record grows with the fan-out's width."""
 
     def runs(
         self,

@@ -247,6 +247,7 @@ class Recovery:
                 except ExpressionError as exc:
                     self._end(call, fan, JobStatus.FAILED, error=str(exc))
                     continue
+                self.store.expect_items(call.session.id, fan.key, len(items))
                 for index, item in enumerate(items):
                     if index not in present:
                         key = run_key(fan.job_id, index)

@@ -280,20 +280,40 @@ class Reducer(Recovery):
         self._history(
             call.session.id, call.now, "fan_out_started", run.key, detail={"items": len(items)}
         )
+        self.store.expect_items(call.session.id, run.key, len(items))
+        earlier = {
+            r.index: r
+            for r in self.store.runs(call.session.id, job_id=run.job_id)
+            if r.index is not None
+        }
+        if not earlier:
+            # The first expansion: no one else writes these keys (a sweeper expands a
+            # fan-out only after a reducer's whole run time), so one batch writes them.
+            fresh = [
+                JobRun(call.session.id, run_key(run.job_id, i), run.job_id, index=i, item=item)
+                for i, item in enumerate(items)
+            ]
+            self.store.put_new_runs(fresh)
+            for item_run in fresh:
+                self._start(call, item_run)
+            return
+        self._expand_again(call, run, items, earlier)
+
+    def _expand_again(
+        self, call: Context, run: JobRun, items: list[Any], earlier: dict[int, JobRun]
+    ) -> None:
+        """Expand a fan-out whose items an earlier run of the session left (a retry):
+        reuse them, so their attempt numbers go on. A succeeded item for the very same
+        value keeps its output."""
         kept: list[JobRun] = []
         for index, item in enumerate(items):
             key = run_key(run.job_id, index)
-            fresh = JobRun(call.session.id, key, run.job_id, index=index, item=item)
-            if self.store.put_run(fresh):
-                continue
-            # Left by an earlier run of the session (a retry): reuse it, so its attempt
-            # numbers go on. A succeeded item for the very same value keeps its output.
-            earlier = self.store.get_run(call.session.id, key)
-            if earlier is None:
-                continue
-            if earlier.status is JobStatus.SUCCEEDED and earlier.item == item:
-                kept.append(earlier)
-            elif earlier.status is JobStatus.SUCCEEDED:
+            before = earlier.get(index)
+            if before is None:
+                self.store.put_run(JobRun(call.session.id, key, run.job_id, index=index, item=item))
+            elif before.status is JobStatus.SUCCEEDED and before.item == item:
+                kept.append(before)
+            elif before.status is JobStatus.SUCCEEDED:
                 self.store.transition(
                     call.session.id,
                     key,
@@ -303,16 +323,12 @@ class Reducer(Recovery):
                         "item": item,
                         "output": None,
                         "ended_at": None,
-                        "base_attempt": earlier.attempt,
+                        "base_attempt": before.attempt,
                     },
                 )
             else:
                 self.store.transition(call.session.id, key, {JobStatus.WAITING}, {"item": item})
-        stale = [
-            r.key
-            for r in self.store.runs(call.session.id, job_id=run.job_id)
-            if r.index is not None and r.index >= len(items)
-        ]
+        stale = [r.key for i, r in earlier.items() if i >= len(items)]
         if stale:
             self.store.delete_runs(call.session.id, stale)
         for item_run in kept:

@@ -50,6 +50,7 @@ from engine.loader import load_pipeline
 from engine.local.store import MAX_OUTPUT_BYTES as LOCAL_MAX_OUTPUT_BYTES
 from engine.reducer import Reducer
 from engine.state import JobRun, JobStatus, Outcome, Session, SessionStatus
+from tests.e2e.aws.harness import item_bytes
 from tests.integration.engine_harness import T0, Harness
 from tests.integration.test_reducer_delivery import (
     World,
@@ -245,6 +246,152 @@ def test_counting_edges_of_a_wide_fan_in_never_brings_the_edges_back(store):
     assert all("ProjectionExpression" in asked for asked, _ in reads[:-1])
     assert "ProjectionExpression" not in reads[-1][0]
     assert reads[-1][1] > 500 * len("parent_000")
+
+
+# -- a fan-out's items, counted in parts ---------------------------------------------------
+
+
+def fan_out(store: DynamoStore, items: int, started_at: str = NOW) -> None:
+    """A running fan-out ``each`` with one parent counted and ``items`` items expected."""
+    store.put_run(
+        JobRun(
+            "s",
+            "each",
+            "each",
+            status=R,
+            expected=1 + items,
+            parents_done={"a": Outcome.SUCCESS},
+            started_at=started_at,
+        )
+    )
+    store.expect_items("s", "each", items)
+
+
+def count_items(
+    store: DynamoStore, indexes: list[int], failed: frozenset[int] = frozenset()
+) -> list[JobRun | None]:
+    return [
+        store.count_edge(
+            "s",
+            "each",
+            "each",
+            None,
+            f"[{i}]",
+            Outcome.FAILURE if i in failed else Outcome.SUCCESS,
+            0,
+        )
+        for i in indexes
+    ]
+
+
+def test_a_fan_outs_items_are_counted_in_parts_no_item_grows_with_its_width(store):
+    session(store)
+    fan_out(store, 120)
+    failed = frozenset({7, 33, 119})
+    results = count_items(store, list(range(120)), failed)
+    last = [r for r in results if r is not None and r.done == r.expected]
+    assert [r.done < r.expected for r in results[:-1]] == [True] * 119
+    assert len(last) == 1 and last[0] is results[-1] and last[0].expected == 121
+    outcomes = last[0].parents_done
+    assert len(outcomes) == 121 and outcomes["a"] is Outcome.SUCCESS
+    assert {int(e[1:-1]) for e, o in outcomes.items() if o is Outcome.FAILURE} == failed
+    # The run holds no item's outcome; each part at most 50, well under 1 KB.
+    items = store.client.scan(TableName=TABLE)["Items"]
+    run = next(i for i in items if i["sk"]["S"] == k.run_sk("each"))
+    assert not [name for name in run if name.startswith("e#[")]
+    parts = [i for i in items if i["sk"]["S"].startswith(k.part_prefix("each"))]
+    assert [int(p["size"]["N"]) for p in parts] == [50, 50, 20]
+    assert max(item_bytes(p) for p in parts) < 1024
+    # Reads bring the parts' outcomes back with the run.
+    assert store.get_run("s", "each").parents_done == outcomes
+    assert next(r for r in store.runs("s") if r.key == "each").parents_done == outcomes
+    assert count_items(store, [5, 119]) == [None, None]
+
+
+def test_counting_an_item_is_one_write_and_one_read_of_the_runs_fields(store):
+    session(store)
+    fan_out(store, 60)
+    calls = Calls(store.client)
+    assert calls.during(lambda: count_items(store, [0])) == ["UpdateItem", "GetItem"]
+    count_items(store, list(range(1, 49)))
+    # The item that completes its part adds the part to the run: one more write.
+    assert calls.during(lambda: count_items(store, [49])) == ["UpdateItem", "UpdateItem", "GetItem"]
+    count_items(store, list(range(50, 59)))
+    # The item that completes the run reads it whole, its parts with it.
+    assert calls.during(lambda: count_items(store, [59])) == [
+        "UpdateItem",
+        "UpdateItem",
+        "GetItem",
+        "Query",
+    ]
+    # A duplicate: its part is complete, so it adds the part again (a condition that fails).
+    assert calls.during(lambda: count_items(store, [3])) == ["UpdateItem", "UpdateItem"]
+
+
+class Died(Exception):
+    """The reducer died."""
+
+
+def test_a_part_completed_by_a_reducer_that_died_is_added_when_its_item_comes_again(store):
+    session(store)
+    fan_out(store, 60)
+    count_items(store, list(range(49)))
+    with mock.patch.object(DynamoStore, "_add_part", side_effect=Died), pytest.raises(Died):
+        count_items(store, [49])  # part 0 complete, never added to the run
+    assert all(
+        r is not None and r.done < r.expected for r in count_items(store, list(range(50, 60)))
+    )
+    # What the sweeper reads: every item counted, though the run's own count is short.
+    seen = store.get_run("s", "each")
+    assert seen.done == seen.expected == 61
+    again = count_items(store, [49])[0]
+    assert again is not None and again.done == again.expected == 61
+    assert len(again.parents_done) == 61
+    assert count_items(store, [49, 0]) == [None, None]
+
+
+@pytest.mark.parametrize("width", [7, 50, 130])
+def test_two_clients_counting_every_item_twice_complete_the_fan_out_once(store, width):
+    session(store)
+    fan_out(store, width)
+    stores = [DynamoStore(TABLE, new_client(), history="direct") for _ in range(2)]
+    order = list(range(width))
+    both = race(
+        [
+            lambda one=one, indexes=indexes: count_items(one, indexes)
+            for one, indexes in zip(stores, (order, order[::-1]), strict=True)
+        ]
+    )
+    counted = [r for rs in both for r in rs if r is not None]
+    complete = [r for r in counted if r.done == r.expected]
+    assert len(complete) == 1
+    assert len(complete[0].parents_done) == width + 1
+    assert store.get_run("s", "each").done == width + 1
+
+
+def test_expanding_again_keeps_what_was_counted_a_new_expansion_starts_afresh(store):
+    session(store)
+    fan_out(store, 60)
+    count_items(store, [0, 1], failed=frozenset({1}))
+    store.expect_items("s", "each", 60)  # a sweeper expanding the same fan-out again
+    assert store.get_run("s", "each").parents_done["[1]"] is Outcome.FAILURE
+    # A session retry resets the fan-out and claims it again: a new expansion.
+    store.transition("s", "each", {R}, {"status": W, "parents_done": {}, "expected": 1})
+    store.count_edge("s", "each", "each", None, "a", Outcome.SUCCESS, 1)
+    later = "2026-01-01T01:00:00+00:00"
+    store.transition("s", "each", {W}, {"status": R, "expected": 61, "started_at": later})
+    store.expect_items("s", "each", 60)
+    results = count_items(store, list(range(60)))
+    assert results[-1] is not None and results[-1].done == results[-1].expected == 61
+    assert set(results[-1].parents_done.values()) == {Outcome.SUCCESS}
+
+
+def test_a_fan_out_expanded_without_parts_counts_its_items_on_its_run(store):
+    session(store)
+    store.put_run(JobRun("s", "each", "each", status=R, expected=3, started_at=NOW))
+    results = count_items(store, [0, 1, 2, 2])
+    assert [r is not None and r.done for r in results] == [1, 2, 3, False]
+    assert set(results[2].parents_done) == {"[0]", "[1]", "[2]"}
 
 
 # -- races between clients ----------------------------------------------------------------

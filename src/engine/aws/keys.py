@@ -12,6 +12,8 @@ and the stream delivers its changes in commit order:
   are ``[A-Za-z0-9_-]``, all above ``#``, and ``-`` sorts before the digits;
 - ``SLOT#<scope>``: a fan-out's running slots (the session's own are its
   ``running`` counter);
+- ``PART#<job id>#<part:06d>``: a fan-out's items' outcomes, :data:`PART_SIZE` items
+  a part (see :mod:`engine.aws.store`);
 - ``H#<time>#<order>``: a history entry.
 
 A pipeline's items share ``PIPELINE#<name>``: ``HEAD`` (latest version,
@@ -49,8 +51,14 @@ SESSION_PREFIX = "SESSION#"
 SESSION_SK = "SESSION"
 RUN_PREFIX = "RUN#"
 SLOT_PREFIX = "SLOT#"
+PART_PREFIX = "PART#"
 HISTORY_PREFIX = "H#"
 EDGE_PREFIX = "e#"
+PUSHED_PREFIX = "p#"
+PARTS = "parts"
+PART_SIZE = 50
+"""Items counted in one part: 50 outcomes (about 15 bytes each) keep a part's item under
+the 1 KB of one write unit."""
 PIPELINES_PK = "PIPELINES"
 PIPELINE_PREFIX = "PIPELINE#"
 HEAD_SK = "HEAD"
@@ -101,6 +109,24 @@ def job_prefix(job_id: str) -> str:
 
 def slot_sk(scope: str) -> str:
     return SLOT_PREFIX + scope
+
+
+def part_prefix(key: str) -> str:
+    """The sort-key prefix of the parts of the fan-out run ``key``."""
+    return f"{PART_PREFIX}{key}#"
+
+
+def part_sk(key: str, part: int) -> str:
+    return f"{part_prefix(key)}{part:06d}"
+
+
+_ITEM_EDGE = re.compile(r"^\[(0|[1-9][0-9]{0,7})\]$")
+
+
+def item_position(edge: str) -> int | None:
+    """The index of a fan-out item's edge ``[i]``; None for a parent's edge."""
+    match = _ITEM_EDGE.match(edge)
+    return None if match is None else int(match.group(1))
 
 
 def pipeline_pk(name: str) -> str:

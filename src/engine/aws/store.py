@@ -25,9 +25,20 @@ caller whose edge completes the count reads them all, once. Below
 :data:`SMALL_FAN_IN` edges the whole item is small, so one ``ALL_NEW`` reply
 does both.
 
-DynamoDB bills a write by the item's size, so each item counted into a fan-out
-of n costs O(n) write units (its item grows by ~15 bytes an item: ~150 KB at
-10,000); the outcomes have to be on the item whose condition reads them.
+DynamoDB bills a write by the item's size, so a fan-out's items are not counted
+on its run's item, which would grow by ~15 bytes an item (~150 KB at 10,000)
+and make each count cost O(n) write units. ``expect_items`` gives the fan-out
+one part item ``PART#<key>#<part>`` per :data:`~engine.aws.keys.PART_SIZE`
+items, each with its items' count still to go (``left``). An item is counted
+in its part (``e#[i]`` under ``attribute_not_exists``, ``left`` minus one: under
+1 KB, one write unit); the caller whose item completes the part adds the
+part's size to the run's count, under ``attribute_not_exists(p#<part>)``, so
+a part is added once. Every write stays O(1) in size, and exactly one caller
+completes the run, as for edges. A count whose part is complete but not yet
+added (its reducer died in between) adds it when the item's count comes again
+(a redelivery, the sweeper). Parts carry their expansion (the run's
+``started_at``): a fan-out expanded again after a session retry overwrites
+parts of the expansion before, and reads skip them.
 
 The session's own slots are its ``running`` counter (one item to read for the
 session and its slots); a fan-out's are the item ``SLOT#<scope>``.
@@ -65,6 +76,10 @@ DEPLOY_RETRIES = 50
 """Rounds of a deploy that lost the race for the next version number."""
 
 BATCH_GET = 100
+
+
+class _NoPart(Exception):
+    """An item's count found no part to count in: its fan-out was expanded without parts."""
 
 
 class _ConditionFailed(Exception):
@@ -427,15 +442,64 @@ class DynamoStore:
             raise
 
     def put_new_runs(self, runs: Sequence[JobRun]) -> None:
-        """Write a new session's first runs: BatchWriteItem, 25 a request (a batch cannot
-        be conditional; the session is new, so no one else writes these keys yet)."""
+        """Write runs no one else writes yet (see the port): BatchWriteItem, 25 a
+        request (a batch cannot be conditional)."""
         puts = [{"PutRequest": {"Item": k.run_item(run)}} for run in runs]
         k.batch_write(self.client, self.table, puts)
 
     def get_run(self, session_id: str, key: str) -> JobRun | None:
-        """The run with this key (its counted edges included), or None."""
+        """The run with this key (its counted edges included, a fan-out's parts too), or None."""
         item = self._get(k.session_pk(session_id), k.run_sk(key))
-        return None if item is None else k.run_from_item(item)
+        return None if item is None else self._whole(item)
+
+    def _whole(self, item: k.Item) -> JobRun:
+        """The run of a whole item, with the edges its parts counted (one Query, when it
+        has parts); ``done`` is then every edge counted, added to the run's count or not."""
+        run = k.run_from_item(item)
+        if k.PARTS not in item:
+            return run
+        request = k.Expression()
+        params = self._partition(item["pk"]["S"], k.part_prefix(run.key), request)
+        epoch = k.text_of(item, "started_at") or ""
+        edges = dict(run.parents_done)
+        for part in self._query(ConsistentRead=True, **params, **request.placeholders()):
+            if (k.text_of(part, "epoch") or "") == epoch:
+                edges.update(k.edges_of(part))
+        return run.but(parents_done=edges, done=len(edges))
+
+    def expect_items(self, session_id: str, key: str, count: int) -> None:
+        """Make the fan-out run ``key`` count its ``count`` items in parts.
+
+        One UpdateItem marks the run (``parts``), then one conditional PutItem a part:
+        a part of this expansion is kept (a sweeper expanding the fan-out again loses
+        nothing counted), a part of an expansion before is overwritten.
+        """
+        if count <= 0:
+            return
+        pk = k.session_pk(session_id)
+        parts = -(-count // k.PART_SIZE)
+        request = k.Expression()
+        request.put(k.PARTS, k.n(parts))
+        request.add(k.REVISION, 1)
+        request.where("attribute_exists(pk)")
+        try:
+            run = self._update(pk, k.run_sk(key), request, "ALL_NEW")
+        except _ConditionFailed:
+            return  # no run: nothing will count into it
+        epoch = k.text_of(run, "started_at") or ""
+        for part in range(parts):
+            size = min(k.PART_SIZE, count - part * k.PART_SIZE)
+            item = {
+                **k.key_of(pk, k.part_sk(key, part)),
+                "size": k.n(size),
+                k.LEFT: k.n(size),
+                "epoch": k.s(epoch),
+            }
+            put = k.Expression()
+            condition = (
+                f"attribute_not_exists(pk) OR {put.name('epoch')} <> {put.value(k.s(epoch))}"
+            )
+            self._put(item, condition, put)
 
     def transition(
         self,
@@ -554,6 +618,10 @@ class DynamoStore:
             outcomes in ``parents_done`` (others: ``done`` alone).
         """
         pk, sk = k.session_pk(session_id), k.run_sk(key)
+        position = k.item_position(edge)
+        if position is not None:
+            with contextlib.suppress(_NoPart):
+                return self._count_in_part(pk, key, position, edge, outcome)
         request = k.Expression()
         attribute = k.edge_attribute(edge)
         request.set(attribute, request.value(k.s(Outcome(outcome).value)))
@@ -586,13 +654,69 @@ class DynamoStore:
             return None
         done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
         complete = left <= 0
-        if small:
+        if small and k.PARTS not in reply:
             item: k.Item | None = reply
         else:
             item = self._get(pk, sk, None if complete else ("pk", *k.RUN_ATTRIBUTES))
         if item is None:
             return None  # deleted in between (a session retry forgot it)
-        return k.run_from_item(item, edges=complete).but(done=done, expected=done + left)
+        run = self._whole(item) if complete else k.run_from_item(item, edges=False)
+        return run.but(done=done, expected=done + left)
+
+    def _count_in_part(
+        self, pk: str, key: str, position: int, edge: str, outcome: Outcome
+    ) -> JobRun | None:
+        """Count item ``edge`` in its part: what :meth:`count_edge` returns.
+
+        Raises:
+            _NoPart: the fan-out has no parts (it was expanded before they were).
+        """
+        part = position // k.PART_SIZE
+        request = k.Expression()
+        attribute = k.edge_attribute(edge)
+        request.set(attribute, request.value(k.s(Outcome(outcome).value)))
+        request.add(k.LEFT, -1)
+        request.where("attribute_exists(pk)")
+        request.where(f"attribute_not_exists({request.name(attribute)})")
+        try:
+            reply = self._update(pk, k.part_sk(key, part), request, "ALL_NEW", old_on_failure=True)
+        except _ConditionFailed as failed:
+            if failed.item is None:
+                raise _NoPart from None
+            # Counted before. Its part may be complete and never added to the run (the
+            # reducer that completed it died): adding it is idempotent, so add it now.
+            if (k.int_of(failed.item, k.LEFT) or 0) > 0:
+                return None
+            return self._add_part(pk, key, part, failed.item)
+        if (k.int_of(reply, k.LEFT) or 0) > 0:
+            item = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
+            return None if item is None else k.run_from_item(item, edges=False)
+        return self._add_part(pk, key, part, reply)
+
+    def _add_part(self, pk: str, key: str, part: int, counted: k.Item) -> JobRun | None:
+        """Add a complete part's size to its run's count, once (``p#<part>``): the run,
+        whole when this completes it; None when the part was added before."""
+        size = k.int_of(counted, "size") or 0
+        request = k.Expression()
+        pushed = f"{k.PUSHED_PREFIX}{part}"
+        request.put(pushed, k.n(size))
+        request.add("done", size)
+        request.add(k.LEFT, -size)
+        request.add(k.REVISION, 1)
+        request.where("attribute_exists(pk)")
+        request.where(f"attribute_not_exists({request.name(pushed)})")
+        try:
+            reply = self._update(pk, k.run_sk(key), request, "UPDATED_NEW")
+        except _ConditionFailed:
+            return None
+        done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
+        if left > 0:
+            item = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
+            run = None if item is None else k.run_from_item(item, edges=False)
+        else:
+            item = self._get(pk, k.run_sk(key))
+            run = None if item is None else self._whole(item)
+        return None if run is None else run.but(done=done, expected=done + left)
 
     def runs(
         self,
@@ -625,7 +749,7 @@ class DynamoStore:
             params["Limit"] = limit
         found: list[JobRun] = []
         for item in self._query(ConsistentRead=True, **params, **request.placeholders()):
-            found.append(k.run_from_item(item))
+            found.append(self._whole(item))
             if limit is not None and len(found) >= limit:
                 break
         # The reducer's keys (job, job[i]) sort by job and index already; a key that

@@ -755,7 +755,7 @@ class SqliteStore(PipelineVersions):
             return False
 
     def put_new_runs(self, runs: Sequence[JobRun]) -> None:
-        """Write a new session's first runs in one transaction."""
+        """Write runs no one else writes yet (see the port) in one transaction."""
         if not runs:
             return
         with _known_session(runs[0].session_id), self._write() as conn:
@@ -849,6 +849,9 @@ class SqliteStore(PipelineVersions):
                     for session_id, key, attempt, handle in handles
                 ],
             )
+
+    def expect_items(self, session_id: str, key: str, count: int) -> None:
+        """Nothing to prepare: each counted edge is a row of its own (``edges``)."""
 
     def count_edge(
         self,
