@@ -26,10 +26,12 @@ class Graph:
         self._index = {job: i for i, job in enumerate(self._order)}
         self._parents: dict[str, list[str]] = {}
         self._children: dict[str, list[str]] = {job: [] for job in self._order}
+        self._positions: dict[tuple[str, str], int] = {}
         for job, deps in parents.items():
             seen: list[str] = []
             for dep in deps:
-                if dep in self._index and dep not in seen:
+                if dep in self._index and (dep, job) not in self._positions:
+                    self._positions[(dep, job)] = len(seen)
                     seen.append(dep)
                     self._children[dep].append(job)
             self._parents[job] = seen
@@ -51,6 +53,10 @@ class Graph:
 
     def in_degree(self, job: str) -> int:
         return len(self._parents[job])
+
+    def position(self, parent: str, child: str) -> int:
+        """Where ``parent`` is among ``child``'s parents (0 for the first given)."""
+        return self._positions[(parent, child)]
 
     def find_cycle(self) -> list[str] | None:
         """One cycle as a closed path (``[a, b, c, a]``), or None when the graph is acyclic."""

@@ -99,6 +99,7 @@ class Store(Protocol):
         edge: str,
         outcome: Outcome,
         expected: int,
+        position: int | None = None,
     ) -> JobRun | None:
         """Record that ``edge`` (a parent job id, or a fan-out item ``[i]``) finished.
 
@@ -107,7 +108,9 @@ class Store(Protocol):
         own when it claims its items). Idempotent: returns None when this edge
         was counted before, so exactly one caller sees ``done == expected``; that
         caller's run carries every outcome in ``parents_done`` (as :class:`Outcome`),
-        the others' only the count.
+        the others' only the count. ``position`` is a parent's place among the
+        run's ``expected`` parents (:meth:`engine.graph.Graph.position`), the same
+        for every count of the edge: a store may count a wide join in parts by it.
         """
 
     def expect_items(self, session_id: str, key: str, count: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.errors import Conflict, DispatchFailed, ExpressionError
 from engine.events import AttemptFinished, AttemptTimedOut
+from engine.graph import Graph
 from engine.inputs import fan_out_items, job_inputs
 from engine.scope import Context, RunScope
 from engine.semantics import retry_delay
@@ -71,15 +72,7 @@ class Recovery:
                 self._count_item(call, run)
             elif run.index is None and run.status.terminal:
                 for child in graph.children(run.job_id):
-                    self.store.count_edge(
-                        session_id,
-                        child,
-                        child,
-                        None,
-                        run.job_id,
-                        Outcome.of(run.status),
-                        graph.in_degree(child),
-                    )
+                    self._count_parent(session_id, graph, run.job_id, child, run.status)
         for run in self.store.runs(session_id, {JobStatus.WAITING}):
             if run.index is None and run.done == run.expected:
                 call.ready.append(run.job_id)
@@ -177,6 +170,22 @@ class Recovery:
             done.append("closed the session")
         return done
 
+    def _count_parent(
+        self, session_id: str, graph: Graph, parent: str, child: str, status: JobStatus
+    ) -> JobRun | None:
+        """Count the edge ``parent -> child`` of a parent that ended with ``status``: the
+        same request wherever it is counted from (see :meth:`Store.count_edge`)."""
+        return self.store.count_edge(
+            session_id,
+            child,
+            child,
+            None,
+            parent,
+            Outcome.of(status),
+            graph.in_degree(child),
+            graph.position(parent, child),
+        )
+
     def _count_lost_edges(self, call: Context, runs: Sequence[JobRun], done: list[str]) -> None:
         """Count the edges of ended runs that a crash left uncounted (reads alone when none)."""
         graph, by_key = call.pipeline.graph, {run.key: run for run in runs}
@@ -201,15 +210,7 @@ class Recovery:
                 counted = by_key.get(child)
                 if counted is not None and run.job_id in counted.parents_done:
                     continue
-                edge = self.store.count_edge(
-                    call.session.id,
-                    child,
-                    child,
-                    None,
-                    run.job_id,
-                    Outcome.of(run.status),
-                    graph.in_degree(child),
-                )
+                edge = self._count_parent(call.session.id, graph, run.job_id, child, run.status)
                 if edge is not None:
                     done.append(f"counted {run.job_id} -> {child}")
                     if edge.done == edge.expected:
@@ -513,15 +514,7 @@ class Recovery:
             if not parents:
                 call.ready.append(job_id)
             for parent in parents:
-                edge = self.store.count_edge(
-                    session_id,
-                    job_id,
-                    job_id,
-                    None,
-                    parent,
-                    Outcome.of(kept[parent].status),
-                    len(parents),
-                )
+                edge = self._count_parent(session_id, graph, parent, job_id, kept[parent].status)
                 if edge is not None and edge.done == edge.expected:
                     call.ready.append(job_id)
         while call.ready:

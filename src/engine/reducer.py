@@ -608,15 +608,7 @@ class Reducer(Recovery):
         session = self.store.count_finished(call.session.id, failed=status is JobStatus.FAILED)
         graph = call.pipeline.graph
         for child in graph.children(run.job_id):
-            edge = self.store.count_edge(
-                call.session.id,
-                child,
-                child,
-                None,
-                run.job_id,
-                Outcome.of(status),
-                graph.in_degree(child),
-            )
+            edge = self._count_parent(call.session.id, graph, run.job_id, child, status)
             if edge is not None and edge.done == edge.expected:
                 call.ready.append(child)
         if session.finished >= session.total:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from moto.core.botocore_stubber import BotocoreStubber
 
 from engine.aws import keys as k
 from engine.aws.history import entries_from_stream, write_history
+from engine.aws.service import run_page
 from engine.aws.store import SMALL_FAN_IN, DynamoStore
 from engine.aws.table import DEFINITION, create_table, template_definition
 from engine.errors import InputTooLarge, PipelineNotFound
@@ -305,6 +307,8 @@ def test_a_fan_outs_items_are_counted_in_parts_no_item_grows_with_its_width(stor
     # Reads bring the parts' outcomes back with the run.
     assert store.get_run("s", "each").parents_done == outcomes
     assert next(r for r in store.runs("s") if r.key == "each").parents_done == outcomes
+    listed = run_page(store.client, TABLE, "s", "each", None, 1, None).runs  # the API's page
+    assert listed[0].parents_done == outcomes and listed[0].done == 121
     assert count_items(store, [5, 119]) == [None, None]
 
 
@@ -392,6 +396,72 @@ def test_a_fan_out_expanded_without_parts_counts_its_items_on_its_run(store):
     results = count_items(store, [0, 1, 2, 2])
     assert [r is not None and r.done for r in results] == [1, 2, 3, False]
     assert set(results[2].parents_done) == {"[0]", "[1]", "[2]"}
+
+
+def count_parents(
+    store: DynamoStore, parents: list[str], order: list[int], failed: frozenset[int] = frozenset()
+) -> list[JobRun | None]:
+    """Count the edges of ``parents`` (by their positions, in ``order``) into ``sink``."""
+    return [
+        store.count_edge(
+            "s",
+            "sink",
+            "sink",
+            None,
+            parents[i],
+            Outcome.FAILURE if i in failed else Outcome.SUCCESS,
+            len(parents),
+            i,
+        )
+        for i in order
+    ]
+
+
+def test_a_job_with_many_parents_counts_them_in_parts_no_item_grows_with_them(store):
+    session(store)
+    parents = [f"parent_{i:04d}" for i in range(130)]
+    order = list(range(130))
+    random.Random(7).shuffle(order)
+    results = count_parents(store, parents, order, failed=frozenset({3, 77}))
+    complete = [r for r in results if r is not None and r.done == r.expected]
+    assert len(complete) == 1 and complete[0] is results[-1]
+    assert all(r is not None and r.done < r.expected == 130 for r in results[:-1])
+    outcomes = complete[0].parents_done
+    assert set(outcomes) == set(parents)
+    assert {p for p, o in outcomes.items() if o is Outcome.FAILURE} == {parents[3], parents[77]}
+    items = store.client.scan(TableName=TABLE)["Items"]
+    run = next(i for i in items if i["sk"]["S"] == k.run_sk("sink"))
+    assert not [name for name in run if name.startswith(k.EDGE_PREFIX)]
+    parts = [i for i in items if i["sk"]["S"].startswith(k.part_prefix("sink"))]
+    assert sorted(int(p["size"]["N"]) for p in parts) == [5, 25, 25, 25, 25, 25]
+    assert max(item_bytes(p) for p in parts) < 1024
+    assert store.get_run("s", "sink").parents_done == outcomes
+    assert count_parents(store, parents, [0, 129]) == [None, None]
+
+
+def test_a_joins_part_completed_by_a_reducer_that_died_is_added_when_its_edge_comes_again(store):
+    session(store)
+    parents = [f"p{i}" for i in range(60)]
+    count_parents(store, parents, list(range(10)))
+    with mock.patch.object(DynamoStore, "_add_part", side_effect=Died), pytest.raises(Died):
+        count_parents(store, parents, list(range(10, 25)))  # part 0 complete, never added
+    assert store.get_run("s", "sink") is None  # no part added yet: the run has no item
+    again = count_parents(store, parents, [24, *range(25, 60)])
+    assert again[0] is not None and again[0].done == 25
+    assert again[-1] is not None and again[-1].done == again[-1].expected == 60
+    assert len(again[-1].parents_done) == 60
+
+
+def test_replacing_a_joins_edges_forgets_its_parts(store):
+    session(store)
+    parents = [f"p{i}" for i in range(60)]
+    count_parents(store, parents, list(range(60)), failed=frozenset({5}))
+    reset = store.transition("s", "sink", {W}, {"parents_done": {}, "expected": 60})
+    assert reset is not None and reset.done == 0
+    assert store.get_run("s", "sink").parents_done == {}
+    results = count_parents(store, parents, list(range(60)))  # a session retry counts again
+    assert results[-1] is not None and results[-1].done == results[-1].expected == 60
+    assert set(results[-1].parents_done.values()) == {Outcome.SUCCESS}
 
 
 # -- races between clients ----------------------------------------------------------------

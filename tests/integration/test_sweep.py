@@ -1,21 +1,29 @@
 """The sweeper drives on what a crashed reducer left: the reducer is made to die before
 each of its writes in turn, and sweeps alone must bring the session to its end with
-every attempt claimed (and dispatched) once."""
+every attempt claimed (and dispatched) once. On SQLite a write is a store call; on
+DynamoDB (moto) it is each write request, so the reducer also dies between an item's
+count in its part and the part's addition to its fan-out."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from engine.aws import keys as k
+from engine.aws.store import DynamoStore
+from engine.errors import SessionNotFound
 from engine.events import AttemptFinished, CancelRequested
 from engine.loader import load_pipeline
 from engine.local.store import SqliteStore
 from engine.reducer import Reducer, later
 from engine.state import JobStatus, SessionStatus
 from tests.integration.engine_harness import T0, Recorder
+from tests.integration.test_dynamo_store import TABLE, MotoStore
 
 GRACE = 300.0
 SID = "s-1"
@@ -97,11 +105,49 @@ class CrashingStore:
         return write
 
 
+DYNAMODB_WRITES = frozenset(
+    {"put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items"}
+)
+
+
+class CrashingDynamo:
+    """A DynamoStore on moto, but the process dies just before write request ``crash_at``."""
+
+    def __init__(self, table: MotoStore, crash_at: int | None = None) -> None:
+        self.inner = DynamoStore(TABLE, table.client, history="direct")
+        self.crash_at = crash_at
+        self.writes = 0
+        self.dying = DynamoStore(TABLE, _DyingClient(table.client, self), history="direct")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dying, name)
+
+
+class _DyingClient:
+    def __init__(self, client: Any, owner: CrashingDynamo) -> None:
+        self.client = client
+        self.owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in DYNAMODB_WRITES:
+            return method
+
+        def write(**params: Any) -> Any:
+            self.owner.writes += 1
+            if self.owner.writes == self.owner.crash_at:
+                raise Crash(f"died before write request {self.owner.writes} ({name})")
+            return method(**params)
+
+        return write
+
+
 class World:
     """One session on a crashing store; the services answer every dispatch, once."""
 
-    def __init__(self, crash_at: int | None = None) -> None:
-        self.store = CrashingStore(crash_at)
+    def __init__(self, crash_at: int | None = None, store: Any = None, sid: str = SID) -> None:
+        self.store = store if store is not None else CrashingStore(crash_at)
+        self.sid = sid
         self.services = Recorder()
         self.reducer = Reducer(self.store, self.services, self.services, lambda *_: PIPELINE)
         self.now = T0
@@ -117,11 +163,15 @@ class World:
             return None
 
     def start(self) -> bool:
-        self.survive(lambda: self.reducer.start(PIPELINE, 1, {}, SID, self.now))
-        return bool(self.store.inner.sessions())
+        self.survive(lambda: self.reducer.start(PIPELINE, 1, {}, self.sid, self.now))
+        try:
+            self.store.inner.get_session(self.sid)
+        except SessionNotFound:
+            return False
+        return True
 
     def session_status(self) -> SessionStatus:
-        return self.store.inner.get_session(SID).status
+        return self.store.inner.get_session(self.sid).status
 
     def answer_next(self) -> bool:
         order = next(
@@ -133,10 +183,10 @@ class World:
         self.now = later(self.now, 1)
         flaky = order.key == "b" and order.attempt == 1
         event = AttemptFinished(
-            SID, order.key, order.attempt, self.now, None if flaky else {"n": order.attempt}
+            self.sid, order.key, order.attempt, self.now, None if flaky else {"n": order.attempt}
         )
         if flaky:
-            event = AttemptFinished(SID, order.key, order.attempt, self.now, error="flaky")
+            event = AttemptFinished(self.sid, order.key, order.attempt, self.now, error="flaky")
         self.survive(lambda: self.reducer.handle(event))
         return True
 
@@ -151,7 +201,7 @@ class World:
 
     def sweep(self, after: float = 1000.0) -> None:
         self.now = later(self.now, after)
-        found = self.survive(lambda: self.reducer.sweep(SID, self.now, GRACE))
+        found = self.survive(lambda: self.reducer.sweep(self.sid, self.now, GRACE))
         self.sweeps.append(found or [])
 
     def run_to_end(self, max_sweeps: int = 6) -> SessionStatus:
@@ -175,10 +225,11 @@ def writes_of_a_clean_run() -> int:
 
 
 def check_ended_well(world: World) -> None:
-    session = world.store.inner.get_session(SID)
+    sid = world.sid
+    session = world.store.inner.get_session(sid)
     assert session.status is SessionStatus.SUCCEEDED, world.sweeps
     assert (session.finished, session.failed, session.total) == (4, 0, 4)
-    runs = world.store.inner.runs(SID)
+    runs = world.store.inner.runs(sid)
     assert {run.key: run.status for run in runs} == {
         key: JobStatus.SUCCEEDED for key in ("a", "b", "c", "c[0]", "c[1]", "c[2]", "d")
     }
@@ -187,10 +238,14 @@ def check_ended_well(world: World) -> None:
     # d ran after both of its parents ended, and once.
     d = next(order for order in world.services.orders if order.key == "d")
     assert (
-        world.store.inner.get_run(SID, "b").ended_at
-        <= world.store.inner.get_run(SID, "d").started_at
+        world.store.inner.get_run(sid, "b").ended_at
+        <= world.store.inner.get_run(sid, "d").started_at
     )
     assert d.attempt >= 1
+    # The fan-out counted each of its items once.
+    c = world.store.inner.get_run(sid, "c")
+    assert c.done == c.expected == 4
+    assert sorted(c.parents_done) == ["[0]", "[1]", "[2]", "a"]
 
 
 def test_a_clean_run_needs_no_sweep():
@@ -214,6 +269,43 @@ def test_the_session_completes_whatever_write_the_reducer_died_before():
     assert not failures, "\n".join(failures[:5])
     # Most crash points are healed by a sweep (the rest by the events that follow).
     assert swept > total // 2
+
+
+@pytest.fixture(scope="module")
+def moto_table() -> Iterator[MotoStore]:
+    """One moto table for every session; parts of 2 items, so ``c``'s 3 items count in
+    two parts, and of 1 parent, so ``d`` counts its 2 parents in parts (engine.aws.store)."""
+    with mock.patch.object(k, "PART_SIZE", 2), mock.patch.object(k, "JOIN_PART_SIZE", 1):
+        table = MotoStore()
+        yield table
+        table.close()
+
+
+@pytest.mark.timeout(600)
+def test_on_dynamodb_the_session_completes_whatever_request_the_reducer_died_before(
+    moto_table: MotoStore,
+):
+    sessions = itertools.count()
+
+    def world(crash_at: int | None) -> World:
+        return World(store=CrashingDynamo(moto_table, crash_at), sid=f"d-{next(sessions)}")
+
+    clean = world(None)
+    assert clean.start()
+    assert clean.run_to_end() is SessionStatus.SUCCEEDED and clean.sweeps == []
+    check_ended_well(clean)
+    total = clean.store.writes
+    failures: list[str] = []
+    for crash_at in range(2, total + 1):
+        crashed = world(crash_at)
+        assert crashed.start()
+        try:
+            crashed.run_to_end()
+            check_ended_well(crashed)
+        except AssertionError as exc:
+            failures.append(f"crash before write request {crash_at}: {exc}")
+        assert crashed.crashes == 1, crash_at
+    assert not failures, "\n".join(failures[:5])
 
 
 def test_a_sweep_of_a_healthy_session_writes_nothing():

@@ -33,11 +33,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.aws import keys as k
 from engine.aws.store import DynamoStore
 from engine.events import SessionStarted
 from engine.loader import load_pipeline
@@ -157,7 +159,13 @@ def sqlite_sessions(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], An
 
 @pytest.fixture(scope="module")
 def dynamodb_sessions() -> Iterator[Callable[[], Any]]:
-    """One moto table; a new session id per example; each reducer has its own client."""
+    """One moto table; a new session id per example; each reducer has its own client.
+
+    Fan-outs here have 1 to 4 items and joins a few parents: parts of 2 (not 50 and 25)
+    make them count in several parts, as a fan-out of thousands does (engine.aws.store).
+    """
+    parts = mock.patch.multiple(k, PART_SIZE=2, JOIN_PART_SIZE=2)
+    parts.start()
     table = MotoStore()
     clients = [new_client() for _ in range(2 * WORKERS)]
     numbers = itertools.count()
@@ -173,6 +181,7 @@ def dynamodb_sessions() -> Iterator[Callable[[], Any]]:
 
     yield session
     table.close()
+    parts.stop()
 
 
 # -- one example --------------------------------------------------------------------------

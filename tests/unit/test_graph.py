@@ -112,3 +112,10 @@ def test_a_back_edge_always_makes_a_cycle(parents, data):
     parents[parent].append(child)
     cycle = Graph(parents).find_cycle()
     assert cycle is not None and cycle[0] == cycle[-1]
+
+
+def test_a_parents_position_is_its_place_in_the_order_given_repeats_dropped():
+    graph = Graph({"a": [], "b": [], "c": ["b", "a", "b"], "d": ["c"]})
+    assert [graph.position(p, "c") for p in graph.parents("c")] == [0, 1]
+    assert graph.parents("c") == ["b", "a"]
+    assert graph.position("c", "d") == 0

@@ -12,8 +12,9 @@ and the stream delivers its changes in commit order:
   are ``[A-Za-z0-9_-]``, all above ``#``, and ``-`` sorts before the digits;
 - ``SLOT#<scope>``: a fan-out's running slots (the session's own are its
   ``running`` counter);
-- ``PART#<job id>#<part:06d>``: a fan-out's items' outcomes, :data:`PART_SIZE` items
-  a part (see :mod:`engine.aws.store`);
+- ``PART#<job id>#i<part:06d>`` / ``PART#<job id>#e<part:06d>``: a fan-out's items'
+  outcomes / a wide join's parents' outcomes, :data:`PART_SIZE` a part (see
+  :mod:`engine.aws.store`);
 - ``H#<time>#<order>``: a history entry.
 
 A pipeline's items share ``PIPELINE#<name>``: ``HEAD`` (latest version,
@@ -57,8 +58,11 @@ EDGE_PREFIX = "e#"
 PUSHED_PREFIX = "p#"
 PARTS = "parts"
 PART_SIZE = 50
-"""Items counted in one part: 50 outcomes (about 15 bytes each) keep a part's item under
-the 1 KB of one write unit."""
+"""A fan-out's items counted in one part: 50 outcomes (``e#[1234]``, about 15 bytes each)
+keep a part's item under the 1 KB of one write unit."""
+JOIN_PART_SIZE = 25
+"""A job with more parents than this counts them in parts of this many: 25 outcomes of
+parents named with up to 30 characters keep a part under 1 KB too."""
 PIPELINES_PK = "PIPELINES"
 PIPELINE_PREFIX = "PIPELINE#"
 HEAD_SK = "HEAD"
@@ -116,8 +120,9 @@ def part_prefix(key: str) -> str:
     return f"{PART_PREFIX}{key}#"
 
 
-def part_sk(key: str, part: int) -> str:
-    return f"{part_prefix(key)}{part:06d}"
+def part_sk(key: str, part: int, items: bool) -> str:
+    """A part of a fan-out's items (``i``) or of a job's parents (``e``)."""
+    return f"{part_prefix(key)}{'i' if items else 'e'}{part:06d}"
 
 
 _ITEM_EDGE = re.compile(r"^\[(0|[1-9][0-9]{0,7})\]$")

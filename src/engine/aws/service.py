@@ -37,7 +37,7 @@ from engine.aws.correlate import Correlator, Envelope, Ignored
 from engine.aws.dispatch import AwsDispatcher, Throttled, error_line, is_throttling
 from engine.aws.secrets import KmsSecrets
 from engine.aws.settings import Clients, Settings
-from engine.aws.store import DynamoStore
+from engine.aws.store import DynamoStore, whole_run
 from engine.aws.timers import SchedulerTimers
 from engine.errors import (
     BunsuiError,
@@ -793,7 +793,7 @@ def run_page(
     found: list[JobRun] = []
     while len(found) < limit:
         page = client.query(TableName=table, Limit=max(limit - len(found), 1), **params)
-        found += [keys.run_from_item(item) for item in page.get("Items", [])]
+        found += [whole_run(client, table, item) for item in page.get("Items", [])]
         start = page.get("LastEvaluatedKey")
         if not start:
             return RunPage(found[:limit], None)

@@ -40,6 +40,12 @@ added (its reducer died in between) adds it when the item's count comes again
 ``started_at``): a fan-out expanded again after a session retry overwrites
 parts of the expansion before, and reads skip them.
 
+A job with more than :data:`~engine.aws.keys.JOIN_PART_SIZE` parents counts
+them the same way, in parts by the parent's position among its parents
+(``position``), each part created by its first count (``if_not_exists``) and
+the run by the first part added; a transition that replaces a run's edges (a
+session retry) deletes its parts.
+
 The session's own slots are its ``running`` counter (one item to read for the
 session and its slots); a fan-out's are the item ``SLOT#<scope>``.
 
@@ -55,6 +61,7 @@ import heapq
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +103,63 @@ def _check_changes(
     for name in changes:
         if name not in fields or name in fixed:
             raise ValueError(f"a {what}'s '{name}' cannot be changed this way.")
+
+
+@dataclass(frozen=True)
+class _Join:
+    """A run an edge count creates when it has no item yet: a job whose parents end."""
+
+    key: str
+    job_id: str
+    index: int | None
+    expected: int
+
+    def create(self, request: k.Expression, count: int) -> None:
+        """Count ``count`` edges on the run, creating it (WAITING, ``expected``) if absent."""
+        fresh: list[tuple[str, dict[str, Any]]] = [
+            ("key", k.s(self.key)),
+            ("job_id", k.s(self.job_id)),
+            ("status", k.s(JobStatus.WAITING.value)),
+            ("attempt", k.n(0)),
+            ("base_attempt", k.n(0)),
+            ("expected", k.n(self.expected)),
+        ]
+        if self.index is not None:
+            fresh.append(("idx", k.n(self.index)))
+        for name, value in fresh:
+            # Two parents ending at once may both create the child: if_not_exists keeps one.
+            request.set(name, f"if_not_exists({request.name(name)}, {request.value(value)})")
+        left = f"if_not_exists({request.name(k.LEFT)}, {request.value(k.n(self.expected))})"
+        request.set(k.LEFT, f"{left} - {request.value(k.n(count))}")
+        request.add(k.REVISION, 1)
+
+    def run(self, session_id: str) -> JobRun:
+        """The run as it is before any edge is added to its count."""
+        return JobRun(session_id, self.key, self.job_id, index=self.index, expected=self.expected)
+
+
+def whole_run(client: Any, table: str, item: k.Item) -> JobRun:
+    """The run of a whole item, with the edges its parts counted (one Query, when it has
+    parts); ``done`` is then every edge counted, added to the run's count or not."""
+    run = k.run_from_item(item)
+    if k.PARTS not in item and run.expected <= k.JOIN_PART_SIZE:
+        return run
+    request = k.Expression()
+    condition = request.equals("pk", item["pk"])
+    prefix = request.value(k.s(k.part_prefix(run.key)))
+    condition += f" AND begins_with({request.name('sk')}, {prefix})"
+    params: dict[str, Any] = {"KeyConditionExpression": condition, **request.placeholders()}
+    epoch = k.text_of(item, "started_at") or ""
+    edges = dict(run.parents_done)
+    while True:
+        page = client.query(TableName=table, ConsistentRead=True, **params)
+        for part in page.get("Items", []):
+            # A fan-out's parts carry its expansion; those of an expansion before are stale.
+            if k.text_of(part, "epoch") in (None, epoch):
+                edges.update(k.edges_of(part))
+        if not page.get("LastEvaluatedKey"):
+            return run.but(parents_done=edges, done=len(edges))
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class DynamoStore:
@@ -453,19 +517,7 @@ class DynamoStore:
         return None if item is None else self._whole(item)
 
     def _whole(self, item: k.Item) -> JobRun:
-        """The run of a whole item, with the edges its parts counted (one Query, when it
-        has parts); ``done`` is then every edge counted, added to the run's count or not."""
-        run = k.run_from_item(item)
-        if k.PARTS not in item:
-            return run
-        request = k.Expression()
-        params = self._partition(item["pk"]["S"], k.part_prefix(run.key), request)
-        epoch = k.text_of(item, "started_at") or ""
-        edges = dict(run.parents_done)
-        for part in self._query(ConsistentRead=True, **params, **request.placeholders()):
-            if (k.text_of(part, "epoch") or "") == epoch:
-                edges.update(k.edges_of(part))
-        return run.but(parents_done=edges, done=len(edges))
+        return whole_run(self.client, self.table, item)
 
     def expect_items(self, session_id: str, key: str, count: int) -> None:
         """Make the fan-out run ``key`` count its ``count`` items in parts.
@@ -490,7 +542,7 @@ class DynamoStore:
         for part in range(parts):
             size = min(k.PART_SIZE, count - part * k.PART_SIZE)
             item = {
-                **k.key_of(pk, k.part_sk(key, part)),
+                **k.key_of(pk, k.part_sk(key, part, items=True)),
                 "size": k.n(size),
                 k.LEFT: k.n(size),
                 "epoch": k.s(epoch),
@@ -581,6 +633,8 @@ class DynamoStore:
             run = k.run_from_item(item)
             if run.status not in expect or (attempt is not None and run.attempt != attempt):
                 return None
+            if k.PARTS in item or run.expected > k.JOIN_PART_SIZE:
+                self._delete_parts(pk, key)  # the new edges are the run's own
             new = run.but(**changes)
             new_item = k.run_item(new)
             revision = k.int_of(item, k.REVISION) or 0
@@ -596,6 +650,14 @@ class DynamoStore:
                 raise
         raise Conflict(f"job run '{key}' changed too often to replace its edges; try again.")
 
+    def _delete_parts(self, pk: str, key: str) -> None:
+        request = k.Expression()
+        params = self._partition(pk, k.part_prefix(key), request)
+        params["ProjectionExpression"] = request.names_of("pk", "sk")
+        found = self._query(ConsistentRead=True, **params, **request.placeholders())
+        deletes = [{"DeleteRequest": {"Key": k.key_of(pk, part["sk"]["S"])}} for part in found]
+        k.batch_write(self.client, self.table, deletes)
+
     def count_edge(
         self,
         session_id: str,
@@ -605,12 +667,15 @@ class DynamoStore:
         edge: str,
         outcome: Outcome,
         expected: int,
+        position: int | None = None,
     ) -> JobRun | None:
         """Record that ``edge`` finished with ``outcome``, creating the run if absent.
 
         One UpdateItem, plus one GetItem when more than :data:`SMALL_FAN_IN` edges
         decide the run (or ``expected`` is not given): projected without the edges,
-        or whole for the caller whose edge completes the count.
+        or whole for the caller whose edge completes the count. A fan-out's item
+        ``[i]`` is counted in its part (see the module's notes): one UpdateItem and
+        one GetItem, and one UpdateItem more for the item that completes its part.
 
         Returns:
             The updated run, or None when this edge was counted before. Exactly one
@@ -618,32 +683,18 @@ class DynamoStore:
             outcomes in ``parents_done`` (others: ``done`` alone).
         """
         pk, sk = k.session_pk(session_id), k.run_sk(key)
-        position = k.item_position(edge)
-        if position is not None:
+        item = k.item_position(edge)
+        if item is not None:
             with contextlib.suppress(_NoPart):
-                return self._count_in_part(pk, key, position, edge, outcome)
+                return self._count_in_part(pk, key, item, edge, outcome, None)
+        elif position is not None and expected > k.JOIN_PART_SIZE:
+            join = _Join(key, job_id, index, expected)
+            return self._count_in_part(pk, key, position, edge, outcome, join)
         request = k.Expression()
         attribute = k.edge_attribute(edge)
         request.set(attribute, request.value(k.s(Outcome(outcome).value)))
-        fresh: list[tuple[str, dict[str, Any]]] = [
-            ("key", k.s(key)),
-            ("job_id", k.s(job_id)),
-            ("status", k.s(JobStatus.WAITING.value)),
-            ("attempt", k.n(0)),
-            ("base_attempt", k.n(0)),
-            ("expected", k.n(expected)),
-        ]
-        if index is not None:
-            fresh.append(("idx", k.n(index)))
-        for name, value in fresh:
-            # Two parents ending at once may both create the child: if_not_exists keeps one.
-            request.set(name, f"if_not_exists({request.name(name)}, {request.value(value)})")
-        one = request.value(k.n(1))
-        request.set(
-            k.LEFT, f"if_not_exists({request.name(k.LEFT)}, {request.value(k.n(expected))}) - {one}"
-        )
-        request.adds.append(f"{request.name('done')} {one}")
-        request.adds.append(f"{request.name(k.REVISION)} {one}")
+        _Join(key, job_id, index, expected).create(request, 1)
+        request.adds.append(f"{request.name('done')} {request.value(k.n(1))}")
         # The edge's own attribute guards a redelivered event counting it twice, whatever
         # outcome it came with; each caller's reply holds the count its own edge made.
         request.where(f"attribute_not_exists({request.name(attribute)})")
@@ -655,31 +706,43 @@ class DynamoStore:
         done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
         complete = left <= 0
         if small and k.PARTS not in reply:
-            item: k.Item | None = reply
+            found: k.Item | None = reply
         else:
-            item = self._get(pk, sk, None if complete else ("pk", *k.RUN_ATTRIBUTES))
-        if item is None:
+            found = self._get(pk, sk, None if complete else ("pk", *k.RUN_ATTRIBUTES))
+        if found is None:
             return None  # deleted in between (a session retry forgot it)
-        run = self._whole(item) if complete else k.run_from_item(item, edges=False)
+        run = self._whole(found) if complete else k.run_from_item(found, edges=False)
         return run.but(done=done, expected=done + left)
 
     def _count_in_part(
-        self, pk: str, key: str, position: int, edge: str, outcome: Outcome
+        self, pk: str, key: str, position: int, edge: str, outcome: Outcome, join: _Join | None
     ) -> JobRun | None:
-        """Count item ``edge`` in its part: what :meth:`count_edge` returns.
+        """Count ``edge`` in its part: a fan-out's item (``join`` None: the parts exist)
+        or a parent of a wide join (the part is created by its first count).
+
+        Returns:
+            What :meth:`count_edge` returns.
 
         Raises:
             _NoPart: the fan-out has no parts (it was expanded before they were).
         """
-        part = position // k.PART_SIZE
+        size = k.PART_SIZE if join is None else k.JOIN_PART_SIZE
+        part = position // size
         request = k.Expression()
         attribute = k.edge_attribute(edge)
         request.set(attribute, request.value(k.s(Outcome(outcome).value)))
-        request.add(k.LEFT, -1)
-        request.where("attribute_exists(pk)")
+        if join is None:
+            request.add(k.LEFT, -1)
+            request.where("attribute_exists(pk)")
+        else:
+            part_size = request.value(k.n(min(size, join.expected - part * size)))
+            request.set("size", f"if_not_exists({request.name('size')}, {part_size})")
+            left = f"if_not_exists({request.name(k.LEFT)}, {part_size})"
+            request.set(k.LEFT, f"{left} - {request.value(k.n(1))}")
         request.where(f"attribute_not_exists({request.name(attribute)})")
+        sk = k.part_sk(key, part, items=join is None)
         try:
-            reply = self._update(pk, k.part_sk(key, part), request, "ALL_NEW", old_on_failure=True)
+            reply = self._update(pk, sk, request, "ALL_NEW", old_on_failure=True)
         except _ConditionFailed as failed:
             if failed.item is None:
                 raise _NoPart from None
@@ -687,35 +750,47 @@ class DynamoStore:
             # reducer that completed it died): adding it is idempotent, so add it now.
             if (k.int_of(failed.item, k.LEFT) or 0) > 0:
                 return None
-            return self._add_part(pk, key, part, failed.item)
+            return self._add_part(pk, key, part, failed.item, join)
         if (k.int_of(reply, k.LEFT) or 0) > 0:
-            item = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
-            return None if item is None else k.run_from_item(item, edges=False)
-        return self._add_part(pk, key, part, reply)
+            found = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
+            if found is not None:
+                # The part this edge left incomplete may have been completed and added
+                # since: the count read can be whole, but only the part's completer may
+                # see the run complete.
+                run = k.run_from_item(found, edges=False)
+                return run.but(done=min(run.done, run.expected - 1))
+            # A join's first parts fill before any is added: the run has no item yet.
+            return None if join is None else join.run(k.session_id_of(pk))
+        return self._add_part(pk, key, part, reply, join)
 
-    def _add_part(self, pk: str, key: str, part: int, counted: k.Item) -> JobRun | None:
+    def _add_part(
+        self, pk: str, key: str, part: int, counted: k.Item, join: _Join | None
+    ) -> JobRun | None:
         """Add a complete part's size to its run's count, once (``p#<part>``): the run,
         whole when this completes it; None when the part was added before."""
         size = k.int_of(counted, "size") or 0
         request = k.Expression()
-        pushed = f"{k.PUSHED_PREFIX}{part}"
-        request.put(pushed, k.n(size))
-        request.add("done", size)
-        request.add(k.LEFT, -size)
-        request.add(k.REVISION, 1)
-        request.where("attribute_exists(pk)")
-        request.where(f"attribute_not_exists({request.name(pushed)})")
+        added = f"{k.PUSHED_PREFIX}{'i' if join is None else 'e'}{part}"
+        request.put(added, k.n(size))
+        request.adds.append(f"{request.name('done')} {request.value(k.n(size))}")
+        if join is None:
+            request.add(k.LEFT, -size)
+            request.add(k.REVISION, 1)
+            request.where("attribute_exists(pk)")
+        else:
+            join.create(request, size)
+        request.where(f"attribute_not_exists({request.name(added)})")
         try:
             reply = self._update(pk, k.run_sk(key), request, "UPDATED_NEW")
         except _ConditionFailed:
             return None
         done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
         if left > 0:
-            item = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
-            run = None if item is None else k.run_from_item(item, edges=False)
+            found = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
+            run = None if found is None else k.run_from_item(found, edges=False)
         else:
-            item = self._get(pk, k.run_sk(key))
-            run = None if item is None else self._whole(item)
+            found = self._get(pk, k.run_sk(key))
+            run = None if found is None else self._whole(found)
         return None if run is None else run.but(done=done, expected=done + left)
 
     def runs(

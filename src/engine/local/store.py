@@ -862,8 +862,10 @@ class SqliteStore(PipelineVersions):
         edge: str,
         outcome: Outcome,
         expected: int,
+        position: int | None = None,
     ) -> JobRun | None:
-        """Record that ``edge`` finished with ``outcome``, creating the run if absent.
+        """Record that ``edge`` finished with ``outcome``, creating the run if absent
+        (``position`` is not needed: each edge is a row of its own).
 
         Returns:
             The updated run, or None when this edge was counted before. Exactly one
