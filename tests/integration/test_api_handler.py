@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +117,20 @@ def test_an_invalid_pipeline_is_a_400_with_every_problem_and_the_clis_text(
     monkeypatch.chdir(tmp_path)
     expected = cli_error_lines(capsys, "pipeline", "validate", "--file", "ml-pipeline.yaml")
     assert error["message"].splitlines() == expected
+    assert call(request("api-list-pipelines"))[1] == {"pipelines": []}
+
+
+def test_a_pipeline_too_large_to_keep_is_a_400_that_says_so(world: AwsWorld):
+    # A valid pipeline whose job carries 600 KB of incompressible text.
+    noise = base64.b64encode(random.Random(3).randbytes(450 * 1024)).decode()
+    document = (
+        "version: '1.1'\nname: noisy\njobs:\n"
+        f"  - {{id: a, type: lambda, parameters: {{function_name: f, payload: {{n: {noise}}}}}}}\n"
+    )
+    status, body = call(request("api-create-pipeline", body={"document": document}))
+    assert status == 400, body
+    assert body["error"]["type"] == "InputTooLarge"
+    assert "at most 350 KB compressed: split the pipeline" in body["error"]["message"]
     assert call(request("api-list-pipelines"))[1] == {"pipelines": []}
 
 

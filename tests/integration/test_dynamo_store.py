@@ -14,6 +14,7 @@ not moto's internals.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import queue
@@ -634,6 +635,32 @@ def test_values_over_their_limits_are_refused_or_clipped(store):
 
 
 # -- pipeline versions --------------------------------------------------------------------
+
+
+def test_a_large_pipeline_document_is_kept_compressed_and_read_back_whole(store):
+    jobs = "".join(
+        f"  - {{id: j{i}, type: lambda, parameters: {{function_name: f}}}}\n" for i in range(10_000)
+    )
+    document = f"version: '1.1'\nname: big\njobs:\n{jobs}"
+    assert len(document.encode()) > 500 * 1024  # over DynamoDB's item limit as text
+    assert store.put_pipeline_version("big", document, "c", NOW) == 1
+    assert store.get_pipeline_version("big") == (1, document)
+    item = store.client.get_item(
+        TableName=TABLE, Key=k.key_of(k.pipeline_pk("big"), k.version_sk(1))
+    )
+    assert "document" not in item["Item"] and len(item["Item"]["document_gz"]["B"]) < 100 * 1024
+    small = "version: '1.1'\nname: small\njobs: []\n"
+    store.put_pipeline_version("small", small, "s", NOW)
+    assert store.get_pipeline_version("small") == (1, small)
+
+
+def test_a_pipeline_document_over_the_limit_compressed_is_refused_with_its_sizes(store):
+    # 600 KB of base64 noise: gzip takes it to about 450 KB.
+    noise = base64.b64encode(random.Random(1).randbytes(450 * 1024)).decode()
+    with pytest.raises(InputTooLarge, match=r"is 600 KB, \d+ KB compressed; .* at most 350 KB"):
+        store.put_pipeline_version("noisy", f"# {noise}\n", "n", NOW)
+    with pytest.raises(PipelineNotFound):
+        store.get_pipeline_version("noisy")
 
 
 def test_pipeline_versions_are_listed_until_the_pipeline_is_deleted(store):

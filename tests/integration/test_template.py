@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode_str
 
+from engine.aws.service import SWEEP_GRACE_SECONDS
 from tests.conftest import ROOT
 
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -341,6 +342,13 @@ def test_reducer_invocations_that_fail_every_retry_are_dead_lettered(resources):
     assert _get_att(target["Destination"]) == ("ReducerDeadLetterQueue", "Arn")
 
 
+def test_a_reducer_ends_before_the_sweeper_may_take_over_its_work(resources):
+    # A fan-out's first expansion writes its items unconditionally: only a sweeper
+    # expanding it again could write them too, and it waits this long (engine.reducer).
+    timeout = _functions(resources)["ReducerFunction"]["Timeout"]
+    assert timeout <= SWEEP_GRACE_SECONDS
+
+
 # ---------------------------------------------------------------- table and history stream
 
 
@@ -424,6 +432,8 @@ def _matches(pattern: Any, value: Any) -> bool:
         ("RUN#fan#00000003", True),
         ("H#2026-01-01T00:00:00Z#abc", False),
         ("SLOT#*", False),
+        ("PART#fan#i000002", False),
+        ("PART#join#e000000", False),
         ("SECRETS", False),
         ("HEAD", False),
         ("V#00000001", False),

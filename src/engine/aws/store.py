@@ -889,7 +889,7 @@ class DynamoStore:
                 request.where("attribute_not_exists(pk)")
             else:
                 request.where(request.equals("latest", k.n(latest)))
-            document_item = {"version": k.n(version), "document": k.s(document), **fields}
+            document_item = {"version": k.n(version), **k.document_value(document), **fields}
             written = self._transact(
                 {
                     "Put": {
@@ -954,7 +954,7 @@ class DynamoStore:
             if self._get(pk, k.HEAD_SK, ("pk",)) is None:
                 raise PipelineNotFound(name)
             raise PipelineNotFound(name, version)
-        return version, k.text_of(found, "document") or ""
+        return version, k.document_of(found)
 
     def list_pipelines(self) -> list[tuple[str, int, str]]:
         """``(name, latest version, its created_at)`` of every pipeline not deleted, by name."""
