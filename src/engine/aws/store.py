@@ -744,7 +744,7 @@ class DynamoStore:
         try:
             reply = self._update(pk, sk, request, "ALL_NEW", old_on_failure=True)
         except _ConditionFailed as failed:
-            if failed.item is None:
+            if failed.item is None:  # only a fan-out's part must exist beforehand
                 raise _NoPart from None
             # Counted before. Its part may be complete and never added to the run (the
             # reducer that completed it died): adding it is idempotent, so add it now.
