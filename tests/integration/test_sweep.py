@@ -252,12 +252,14 @@ def test_a_clean_run_needs_no_sweep():
     assert writes_of_a_clean_run() > 50
 
 
-def test_the_session_completes_whatever_write_the_reducer_died_before():
-    total = writes_of_a_clean_run()
+def crash_before_each_write(total: int, make: Callable[[int], World]) -> tuple[list[str], int]:
+    """A session that dies before write 2, 3, ... ``total`` in turn (before write 1 no
+    session exists: nothing to sweep), each run to its end: what went wrong, and how
+    many sessions a sweep had to heal."""
     failures: list[str] = []
     swept = 0
-    for crash_at in range(2, total + 1):  # before write 1 no session exists: nothing to sweep
-        world = World(crash_at)
+    for crash_at in range(2, total + 1):
+        world = make(crash_at)
         assert world.start()
         try:
             world.run_to_end()
@@ -266,6 +268,12 @@ def test_the_session_completes_whatever_write_the_reducer_died_before():
             failures.append(f"crash before write {crash_at}: {exc}")
         assert world.crashes == 1, crash_at
         swept += any(world.sweeps)
+    return failures, swept
+
+
+def test_the_session_completes_whatever_write_the_reducer_died_before():
+    total = writes_of_a_clean_run()
+    failures, swept = crash_before_each_write(total, World)
     assert not failures, "\n".join(failures[:5])
     # Most crash points are healed by a sweep (the rest by the events that follow).
     assert swept > total // 2
@@ -294,17 +302,7 @@ def test_on_dynamodb_the_session_completes_whatever_request_the_reducer_died_bef
     assert clean.start()
     assert clean.run_to_end() is SessionStatus.SUCCEEDED and clean.sweeps == []
     check_ended_well(clean)
-    total = clean.store.writes
-    failures: list[str] = []
-    for crash_at in range(2, total + 1):
-        crashed = world(crash_at)
-        assert crashed.start()
-        try:
-            crashed.run_to_end()
-            check_ended_well(crashed)
-        except AssertionError as exc:
-            failures.append(f"crash before write request {crash_at}: {exc}")
-        assert crashed.crashes == 1, crash_at
+    failures, _ = crash_before_each_write(clean.store.writes, world)
     assert not failures, "\n".join(failures[:5])
 
 

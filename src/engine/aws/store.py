@@ -151,15 +151,22 @@ def whole_run(client: Any, table: str, item: k.Item) -> JobRun:
     params: dict[str, Any] = {"KeyConditionExpression": condition, **request.placeholders()}
     epoch = k.text_of(item, "started_at") or ""
     edges = dict(run.parents_done)
+    for part in _query(client, table, ConsistentRead=True, **params):
+        # A fan-out's parts carry its expansion; those of an expansion before are stale.
+        if k.text_of(part, "epoch") in (None, epoch):
+            edges.update(k.edges_of(part))
+    return run.but(parents_done=edges, done=len(edges))
+
+
+def _query(client: Any, table: str, **params: Any) -> Iterator[k.Item]:
+    """Every item a Query finds, page after page (1 MB each)."""
     while True:
-        page = client.query(TableName=table, ConsistentRead=True, **params)
-        for part in page.get("Items", []):
-            # A fan-out's parts carry its expansion; those of an expansion before are stale.
-            if k.text_of(part, "epoch") in (None, epoch):
-                edges.update(k.edges_of(part))
-        if not page.get("LastEvaluatedKey"):
-            return run.but(parents_done=edges, done=len(edges))
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        page = client.query(TableName=table, **params)
+        yield from page.get("Items", [])
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return
+        params["ExclusiveStartKey"] = start
 
 
 class DynamoStore:
@@ -239,13 +246,7 @@ class DynamoStore:
 
     def _query(self, **params: Any) -> Iterator[k.Item]:
         """Every item a Query finds, page after page (1 MB each)."""
-        while True:
-            page = self.client.query(TableName=self.table, **params)
-            yield from page.get("Items", [])
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
-            params["ExclusiveStartKey"] = start
+        return _query(self.client, self.table, **params)
 
     @staticmethod
     def _partition(pk: str, prefix: str | None, request: k.Expression) -> dict[str, Any]:
@@ -704,15 +705,21 @@ class DynamoStore:
         except _ConditionFailed:
             return None
         done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
-        complete = left <= 0
         if small and k.PARTS not in reply:
-            found: k.Item | None = reply
+            run: JobRun | None = k.run_from_item(reply, edges=left <= 0)
         else:
-            found = self._get(pk, sk, None if complete else ("pk", *k.RUN_ATTRIBUTES))
-        if found is None:
+            run = self._read_counted(pk, key, complete=left <= 0)
+        if run is None:
             return None  # deleted in between (a session retry forgot it)
-        run = self._whole(found) if complete else k.run_from_item(found, edges=False)
         return run.but(done=done, expected=done + left)
+
+    def _read_counted(self, pk: str, key: str, complete: bool) -> JobRun | None:
+        """The run a count changed: whole (its parts too) for the count that completed
+        it, else without its edges (one GetItem projected)."""
+        found = self._get(pk, k.run_sk(key), None if complete else ("pk", *k.RUN_ATTRIBUTES))
+        if found is None:
+            return None
+        return self._whole(found) if complete else k.run_from_item(found, edges=False)
 
     def _count_in_part(
         self, pk: str, key: str, position: int, edge: str, outcome: Outcome, join: _Join | None
@@ -752,12 +759,11 @@ class DynamoStore:
                 return None
             return self._add_part(pk, key, part, failed.item, join)
         if (k.int_of(reply, k.LEFT) or 0) > 0:
-            found = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
-            if found is not None:
+            run = self._read_counted(pk, key, complete=False)
+            if run is not None:
                 # The part this edge left incomplete may have been completed and added
                 # since: the count read can be whole, but only the part's completer may
                 # see the run complete.
-                run = k.run_from_item(found, edges=False)
                 return run.but(done=min(run.done, run.expected - 1))
             # A join's first parts fill before any is added: the run has no item yet.
             return None if join is None else join.run(k.session_id_of(pk))
@@ -785,12 +791,7 @@ class DynamoStore:
         except _ConditionFailed:
             return None
         done, left = int(reply["done"]["N"]), int(reply[k.LEFT]["N"])
-        if left > 0:
-            found = self._get(pk, k.run_sk(key), ("pk", *k.RUN_ATTRIBUTES))
-            run = None if found is None else k.run_from_item(found, edges=False)
-        else:
-            found = self._get(pk, k.run_sk(key))
-            run = None if found is None else self._whole(found)
+        run = self._read_counted(pk, key, complete=left <= 0)
         return None if run is None else run.but(done=done, expected=done + left)
 
     def runs(
